@@ -1,0 +1,61 @@
+"""Real servers for tests, on 127.0.0.1 only, started and stopped (by process id) by the test that needs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def server(command: list[str], health_url: str, log: Path, env: dict | None = None, timeout: float = 90):
+    """Run `command` until the block ends; stop it by process id (SIGINT, then SIGKILL for stragglers)."""
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_http(health_url, process, timeout, log)
+        yield process
+    finally:
+        for sig, wait in ((signal.SIGINT, 10), (signal.SIGKILL, 5)):
+            if process.poll() is not None:
+                break
+            os.killpg(process.pid, sig)
+            try:
+                process.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """A Prefect API server with its own SQLite database under `home`; yields its API URL."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    command = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with server(command, f"http://127.0.0.1:{port}/api/health", home / "server.log", env=env):
+        yield f"http://127.0.0.1:{port}/api"
