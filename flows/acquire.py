@@ -27,7 +27,7 @@ def acquire_demon(source: str, dest: str, split: str = "core", per_task: int = 8
             from components.demon.acquire import fetch
 
             result = fetch(source, Path(dest), split=split)
-            counts = {task: entry["samples"] for task, entry in result["tasks"].items()}
+            counts = {task: entry["splits"][split]["samples"] for task, entry in result["tasks"].items()}
         write_metrics(METRICS, {"tasks": len(counts), "samples": sum(counts.values())})
     return result
 

@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch.add_argument("--dest", type=Path, required=True, help="destination folder")
     fetch.add_argument("--split", choices=["core", "full"], default="core")
     fetch.add_argument("--tasks", type=split_list, help="comma-separated task folders (default: all)")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if the manifest says it is done")
     fetch.set_defaults(handler=run_fetch)
 
     normalize = commands.add_parser(
@@ -62,8 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_fetch(args: argparse.Namespace) -> int:
     from components.demon.acquire import fetch
 
-    manifest = fetch(args.source, args.dest, split=args.split, tasks=args.tasks)
-    print(f"{len(manifest['tasks'])} tasks in {args.dest} (manifest: {args.dest / 'manifest.json'})")
+    manifest = fetch(args.source, args.dest, split=args.split, tasks=args.tasks, force=args.force)
+    # fetch() has already said what it did; point at the record of it.
+    print(f"{len(manifest['last_fetch']['installed'])} task(s) in {args.dest}; manifest: {args.dest / 'manifest.json'}")
     return 0
 
 
