@@ -9,8 +9,10 @@ import sys
 from components import pipeline_cli
 from components.demon import cli as demon_cli
 from components.errors import UserError
+from components.evaluation import cli as evaluation_cli
 
-COMMAND_GROUPS = (pipeline_cli, demon_cli)
+COMMAND_GROUPS = (pipeline_cli, demon_cli, evaluation_cli)
+
 
 
 def build_parser() -> argparse.ArgumentParser:
