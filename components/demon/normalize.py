@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +97,12 @@ def check_image(path: Path) -> str | None:
     return None
 
 
-def resolve_image(task_dir: Path, images_dir: Path, name: object) -> Path:
-    """The image file a `images_path` entry names, refusing anything that leaves the task folder."""
+def resolve_image(images_dir: Path, name: object, task_real: str, images_in_task: bool) -> Path:
+    """The image file a `images_path` entry names, refusing anything that leaves the task folder.
+
+    `task_real` is the task folder with links resolved; `images_in_task` says whether `images_dir` (resolved)
+    lies inside it. Only links lead elsewhere, so a plain file name needs one `lstat`, not a full resolution.
+    """
     if not isinstance(name, str) or not name.strip():
         raise Rejected("bad_image_path", f"image path {name!r} is not a file name")
     if os.path.isabs(name) or re.match(r"^[A-Za-z]:[\\/]", name):
@@ -105,8 +110,10 @@ def resolve_image(task_dir: Path, images_dir: Path, name: object) -> Path:
     if ".." in re.split(r"[\\/]", name):
         raise Rejected("unsafe_image_path", f"image path {name!r} contains '..'")
     path = images_dir / name
-    real = Path(os.path.realpath(path))
-    if not real.is_relative_to(os.path.realpath(task_dir)):
+    if images_in_task and "/" not in name and "\\" not in name and not os.path.islink(path):
+        return path
+    real = os.path.realpath(path)
+    if not real.startswith(task_real + os.sep):
         raise Rejected("unsafe_image_path", f"image path {name!r} resolves outside the task folder (to {real})")
     return path
 
@@ -148,17 +155,40 @@ def response_in_options(task: Task, response: str, options: list[str]) -> bool:
 # ---------------------------------------------------------------------------------------------- samples
 
 
-def normalize_sample(
-    task: Task,
-    split: Split,
-    folder: str,
-    raw: Path,
-    templates: list[str],
-    source: str,
-    source_sha: str,
-    item: object,
-) -> tuple[dict, list[Path]]:
+@dataclass(frozen=True)
+class TaskFile:
+    """One task's JSON file as read: what every sample of it is checked against."""
+
+    task: Task
+    split: Split
+    raw: Path
+    source: str  # the JSON, relative to `raw`
+    source_sha: str
+    templates: list[str]
+    images_dir: Path
+    task_real: str  # the task folder with links resolved
+    images_in_task: bool  # whether images/ (resolved) lies inside it
+
+    @classmethod
+    def open(cls, task: Task, split: Split, raw: Path, folder: str, payload: bytes, templates: list[str]) -> TaskFile:
+        images_dir = raw / folder / split / "images"
+        task_real = os.path.realpath(raw / folder)
+        return cls(
+            task=task,
+            split=split,
+            raw=raw,
+            source=f"{folder}/{split}/{split}.json",
+            source_sha=hashlib.sha256(payload).hexdigest(),
+            templates=templates,
+            images_dir=images_dir,
+            task_real=task_real,
+            images_in_task=os.path.realpath(images_dir).startswith(task_real + os.sep),
+        )
+
+
+def normalize_sample(file: TaskFile, item: object) -> tuple[dict, list[Path]]:
     """One official sample -> one schema row plus the image files still to be checked; raises Rejected."""
+    task, split, templates = file.task, file.split, file.templates
     if not isinstance(item, dict):
         raise Rejected("missing_field", f"sample is a {type(item).__name__}, not an object")
     for key in ("sample_id", "task_instruction_id", "task_instance", "response"):
@@ -181,9 +211,7 @@ def normalize_sample(
             f"task_instruction_id {template_id!r} is outside the {len(templates)} templates in metadata",
         )
 
-    task_dir = raw / folder
-    images_dir = task_dir / split / "images"
-    image_files = [resolve_image(task_dir, images_dir, name) for name in images_path]
+    image_files = [resolve_image(file.images_dir, name, file.task_real, file.images_in_task) for name in images_path]
     for k in placeholder_indices(context):
         if not 1 <= k <= len(images_path):
             raise Rejected(
@@ -218,12 +246,12 @@ def normalize_sample(
         "instruction_id": template_id,
         "instruction": templates[template_id],
         "context": context,
-        "images": [p.relative_to(raw).as_posix() for p in image_files],
+        "images": [p.relative_to(file.raw).as_posix() for p in image_files],
         "choice_list": choices,
         "choices_inline": inline,
         "response": response,
-        "source": source,
-        "source_sha256": source_sha,
+        "source": file.source,
+        "source_sha256": file.source_sha,
     }
     return row, image_files
 
@@ -232,7 +260,7 @@ def quarantine_entry(task: Task, source: str, sample_id: object, code: str, reas
     return {"task": task.folder, "sample_id": sample_id, "code": code, "reason": reason, "file": source}
 
 
-def normalize_task(task: Task, folder: str, raw: Path, split: Split, pool: ThreadPoolExecutor) -> TaskResult:
+def normalize_task(task: Task, folder: str, raw: Path, split: Split, imap: Callable = map) -> TaskResult:
     """Read one task's JSON, validate every sample and its images."""
     json_path = raw / folder / split / f"{split}.json"
     source = json_path.relative_to(raw).as_posix()
@@ -255,7 +283,7 @@ def normalize_task(task: Task, folder: str, raw: Path, split: Split, pool: Threa
         return result
 
     result.input = len(samples)
-    source_sha = hashlib.sha256(payload).hexdigest()
+    file = TaskFile.open(task, split, raw, folder, payload, templates)
     seen: set[object] = set()
     pending: list[tuple[dict, list[Path]]] = []
     for item in samples:
@@ -264,12 +292,12 @@ def normalize_task(task: Task, folder: str, raw: Path, split: Split, pool: Threa
             if sample_id in seen and sample_id is not None:
                 raise Rejected("duplicate_sample_id", f"duplicate sample_id {sample_id} (the first one is kept)")
             seen.add(sample_id)
-            pending.append(normalize_sample(task, split, folder, raw, templates, source, source_sha, item))
+            pending.append(normalize_sample(file, item))
         except Rejected as rejected:
             result.quarantine.append(quarantine_entry(task, source, sample_id, rejected.code, str(rejected)))
 
     unique_images = list(dict.fromkeys(p for _, files in pending for p in files))
-    image_problems = dict(zip(unique_images, pool.map(check_image, unique_images), strict=True))
+    image_problems = dict(zip(unique_images, imap(check_image, unique_images), strict=True))
     for row, files in pending:
         bad = next(((p, image_problems[p]) for p in files if image_problems[p]), None)
         if bad is None:
@@ -361,12 +389,13 @@ def normalize(
     reused = 0
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=workers) as pool:
+        imap = pool.map if workers > 1 else map  # one worker: skip the futures' overhead
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked explicitly, per image
         for name, (task, folder) in tqdm(found.items(), desc="normalize", unit="task", disable=not progress):
             fingerprint = task_fingerprint(raw, folder, split)
             result = load_shard(shard_dir, fingerprint, name)
             if result is None:
-                result = normalize_task(task, folder, raw, split, pool)
+                result = normalize_task(task, folder, raw, split, imap)
                 save_shard(shard_dir, fingerprint, result)
             else:
                 reused += 1
