@@ -9,7 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from components.errors import UserError
+
+# No usage reporting from the tools the stages run (this also keeps offline machines from logging failed calls).
+QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,10 +33,13 @@ def run_pipeline(args: argparse.Namespace) -> int:
         raise UserError("no dvc.yaml here: run `demonlab run` from the demonlab repository root")
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for name, value in QUIET.items():
+        env.setdefault(name, value)
     dvc = [sys.executable, "-m", "dvc", "repro", *args.dvc_args]
     if subprocess.run(dvc, env=env).returncode != 0:
         raise UserError("`dvc repro` failed; the failing stage's own error is printed above")
-    report = Path("data/normalized/report.json")
+    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    report = Path(params["data"]["normalized"]) / "report.json"
     if report.is_file():
         totals = json.loads(report.read_text())["totals"]
         print(
@@ -39,4 +47,11 @@ def run_pipeline(args: argparse.Namespace) -> int:
             f"{totals['tasks_failed']} task(s) failed, of {totals['input']} read"
         )
         print(f"report: {report.resolve()}")
+    for scorer in ("parity", "strict"):
+        summary = Path(params["score"]["out"]) / "chance" / scorer / "summary.json"
+        if summary.is_file():
+            categories = json.loads(summary.read_text())["categories"]
+            scores = ", ".join(f"{name} {row['score_x100']:.1f}" for name, row in categories.items())
+            print(f"chance baseline ({scorer}): {scores}")
+            print(f"scores: {summary.resolve()}")
     return 0
