@@ -1,0 +1,230 @@
+"""Weights in and out: our safetensors checkpoints, and the released LAVIS `.pth` files through a key map.
+
+Our checkpoint (a folder): `weights.safetensors` with the trainable components only (`vpgc.*`, plus `vpg.*` when
+the VPG was trained, e.g. by the alignment stage) and `config.yaml`, the resolved `model:` config naming the frozen
+backbones it belongs to.
+
+Released files (LAVIS key names under `model`), read with `torch.load(weights_only=True)`:
+- the Cheetah checkpoints (`llama_proj.*`, `llama_model.model.{query_tokens,qformer_proj,llm_proj}.*`, ...),
+- BLIP-2's `blip2_pretrained_flant5xxl.pth` (`Qformer.bert.*`, `query_tokens`, `ln_vision.*`, ...),
+- LAVIS's `eva_vit_g.pth` (ViT keys without a prefix: load it with `prefix="visual_encoder."`).
+`LAVIS_KEY_MAP` turns their names into ours; `LAVIS_IGNORED` lists what we deliberately drop (the Q-Former's text
+branch, BLIP-2's contrastive/matching heads, EVA's 40th block). Any other key is an error, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from components.errors import UserError
+
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "config.yaml"
+
+_QF = r"(?:llama_model\.model\.)?Qformer\.bert\."  # the release registers the same Q-Former twice
+_VIT = r"visual_encoder\.blocks\.(\d+)\."
+_LAYER = r"vision.model.encoder.layers.\1."
+# (LAVIS name pattern, our name); patterns are matched in full, in order.
+LAVIS_KEY_MAP: tuple[tuple[str, str], ...] = (
+    # EVA ViT-g -> Blip2VisionModel (q_bias and v_bias are merged into qkv.bias, see `_merge_qkv_bias`)
+    (r"visual_encoder\.cls_token", "vision.model.embeddings.class_embedding"),
+    (r"visual_encoder\.pos_embed", "vision.model.embeddings.position_embedding"),
+    (r"visual_encoder\.patch_embed\.proj\.(weight|bias)", r"vision.model.embeddings.patch_embedding.\1"),
+    (_VIT + r"norm([12])\.(weight|bias)", _LAYER + r"layer_norm\2.\3"),
+    (_VIT + r"attn\.qkv\.weight", _LAYER + "self_attn.qkv.weight"),
+    (_VIT + r"attn\.([qv])_bias", _LAYER + r"self_attn.qkv.\2_bias"),
+    (_VIT + r"attn\.proj\.(weight|bias)", _LAYER + r"self_attn.projection.\2"),
+    (_VIT + r"mlp\.(fc[12])\.(weight|bias)", _LAYER + r"mlp.\2.\3"),
+    (r"ln_vision\.(weight|bias)", r"vision.model.post_layernorm.\1"),
+    # BLIP-2 Q-Former (query branch) -> Blip2QFormerModel, its queries, and MiniGPT-4's projection
+    (r"query_tokens", "vpg.query_tokens"),
+    (_QF + r"embeddings\.LayerNorm\.(weight|bias)", r"vpg.qformer.layernorm.\1"),
+    (
+        _QF + r"encoder\.layer\.(\d+)\.(attention|crossattention)\.self\.(query|key|value)\.(weight|bias)",
+        r"vpg.qformer.encoder.layer.\1.\2.attention.\3.\4",
+    ),
+    (
+        _QF + r"encoder\.layer\.(\d+)\.(attention|crossattention)\.output\.(dense|LayerNorm)\.(weight|bias)",
+        r"vpg.qformer.encoder.layer.\1.\2.output.\3.\4",
+    ),
+    (
+        _QF + r"encoder\.layer\.(\d+)\.(intermediate_query|output_query)\.(dense|LayerNorm)\.(weight|bias)",
+        r"vpg.qformer.encoder.layer.\1.\2.\3.\4",
+    ),
+    (r"llama_proj\.(weight|bias)", r"vpg.llm_proj.\1"),
+    # VPG-C (Cheetah)
+    (r"llama_model\.model\.query_tokens", "vpgc.query_tokens"),
+    (r"llama_model\.model\.qformer_proj\.(weight|bias)", r"vpgc.guidance_proj.\1"),
+    (r"llama_model\.model\.llm_proj\.(weight|bias)", r"vpgc.output_proj.\1"),
+    # the LLM itself, if a file carries it
+    (r"llama_model\.(model\.(?:embed_tokens|layers|norm)\..+|lm_head\..+)", r"llm.\1"),
+)
+LAVIS_IGNORED: tuple[tuple[str, str], ...] = (
+    (_QF + r"embeddings\.(word_embeddings|position_embeddings|position_ids).*", "Q-Former text embeddings"),
+    (_QF + r"encoder\.layer\.\d+\.(intermediate|output)\..+", "Q-Former text feed-forward"),
+    (r"(?:llama_model\.model\.)?Qformer\.cls\..+", "Q-Former language-model head"),
+    (r"(vision_proj|text_proj|itm_head)\..+|temp", "BLIP-2 contrastive/matching heads"),
+    (r"visual_encoder\.blocks\.39\..+|visual_encoder\.(norm|fc_norm|head)\..+", "EVA parts BLIP-2 drops"),
+    (r".*rotary_emb\.inv_freq", "rotary buffer, recomputed"),
+)
+
+
+def map_lavis_key(key: str) -> str | None:
+    """Our parameter name for a LAVIS key; None when the key is deliberately ignored; KeyError when unknown."""
+    for pattern, target in LAVIS_KEY_MAP:
+        if re.fullmatch(pattern, key):
+            return re.sub(pattern, target, key)
+    if any(re.fullmatch(pattern, key) for pattern, _ in LAVIS_IGNORED):
+        return None
+    raise KeyError(key)
+
+
+def _merge_qkv_bias(mapped: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """EVA keeps q_bias and v_bias (no k bias); Blip2VisionModel holds one qkv.bias = [q, 0, v]."""
+    merged = {k: v for k, v in mapped.items() if not k.endswith(("qkv.q_bias", "qkv.v_bias"))}
+    for key in [k for k in mapped if k.endswith("qkv.q_bias")]:
+        stem = key.removesuffix("q_bias")
+        q, v = mapped[key], mapped.get(stem + "v_bias")
+        if v is None:
+            raise UserError(f"{key}: q_bias without v_bias; the EVA ViT weights are incomplete")
+        merged[stem + "bias"] = torch.cat([q, torch.zeros_like(q), v])
+    return merged
+
+
+def read_torch_file(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """The state dict inside a `.pth` (LAVIS wraps it in `{"model": ...}`), loaded without executing code."""
+    if not path.is_file():
+        raise UserError(f"{what}: {path} not found; download it (see docs/model.md) or fix the path")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise UserError(
+            f"{what}: {path} cannot be read as a weights-only checkpoint ({str(error).splitlines()[0]}); if you "
+            "trust the file, re-save only its tensors: torch.save({'model': ckpt['model']}, 'clean.pth')"
+        ) from None
+    state = blob.get("model", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{what}: {path} holds no state dict (expected tensors, optionally under `model`)")
+    return state
+
+
+def load_lavis_weights(model: nn.Module, path: str | os.PathLike[str], prefix: str = "") -> dict[str, Any]:
+    """Load a LAVIS-named `.pth` into `model` through the key map; returns what was loaded and ignored.
+
+    `prefix` is prepended to every key first (`visual_encoder.` for the bare `eva_vit_g.pth`). Unknown keys, keys
+    naming parts this model does not have, and shape mismatches are errors that list the offenders.
+    """
+    path = Path(path)
+    state = read_torch_file(path, "LAVIS checkpoint")
+    ours = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    unknown, ignored = [], []
+    for key, tensor in state.items():
+        try:
+            target = map_lavis_key(prefix + key)
+        except KeyError:
+            unknown.append(key)
+            continue
+        if target is None:
+            ignored.append(key)
+        elif target in mapped and not torch.equal(mapped[target], tensor):
+            raise UserError(f"{path}: {key} disagrees with another copy of {target} in the same file")
+        else:
+            mapped[target] = tensor
+    if unknown:
+        raise UserError(
+            f"{path}: {len(unknown)} key(s) not in the LAVIS key map, e.g. {unknown[:8]}; "
+            "is this a BLIP-2/MiniGPT-4/Cheetah checkpoint? (see docs/model.md, key map)"
+        )
+    mapped = _merge_qkv_bias(mapped)
+    absent = sorted(k for k in mapped if k not in ours)
+    if absent:
+        raise UserError(
+            f"{path}: this model has no parameters for {absent[:8]} ({len(absent)} in all); the file belongs to a "
+            "different architecture than the config's (e.g. EVA ViT weights with an EfficientNet vision encoder)"
+        )
+    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(ours[k].shape)}" for k, v in mapped.items()
+             if v.shape != ours[k].shape]  # fmt: skip
+    if wrong:
+        raise UserError(f"{path}: shape mismatch for {len(wrong)} tensor(s): {wrong[:5]}; check the config's arch")
+    model.load_state_dict(mapped, strict=False)
+    return {"file": str(path), "loaded": sorted(mapped), "ignored": sorted(ignored)}
+
+
+# ------------------------------------------------------------------------------------------- our own format
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temp file in the same folder, then rename: readers never see half a file."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of every component the config marks trainable (`vpgc`, and `vpg` in the alignment stage)."""
+    components = [name for name, mode in model.config.freeze.items() if mode == "trainable"]
+    return {
+        f"{name}.{key}": tensor.detach().cpu().contiguous()
+        for name in components
+        for key, tensor in getattr(model, name).state_dict().items()
+    }
+
+
+def save_checkpoint(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
+    """Write `weights.safetensors` (trainable components) and `config.yaml` (resolved config) into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = trainable_state_dict(model)
+    components = sorted({key.split(".", 1)[0] for key in state})
+    _atomic_write(
+        directory / WEIGHTS_FILE,
+        lambda temp: save_file(state, temp, metadata={"format": "demonlab-vpgc", "components": ",".join(components)}),
+    )
+    config_text = yaml.safe_dump({"model": model.config.to_dict()}, sort_keys=False)
+    _atomic_write(directory / CONFIG_FILE, lambda temp: Path(temp).write_text(config_text))
+    return directory
+
+
+def load_checkpoint(model: nn.Module, directory: str | os.PathLike[str]) -> list[str]:
+    """Load a folder written by `save_checkpoint` into `model`; returns the components it replaced."""
+    directory = Path(directory)
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise UserError(
+            f"checkpoint {directory}: no {WEIGHTS_FILE} there; point --checkpoint at a folder written by training"
+        )
+    state = load_file(path)
+    ours = model.state_dict()
+    unknown = sorted(k for k in state if k not in ours)
+    if unknown:
+        raise UserError(f"checkpoint {path}: unknown key(s) {unknown[:8]}; it was saved from another model layout")
+    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(ours[k].shape)}" for k, v in state.items()
+             if v.shape != ours[k].shape]  # fmt: skip
+    if wrong:
+        raise UserError(
+            f"checkpoint {path}: shape mismatch {wrong[:5]}; it belongs to another config (see its {CONFIG_FILE})"
+        )
+    components = sorted({key.split(".", 1)[0] for key in state})
+    for name in components:  # a component is replaced whole, never half
+        prefix = name + "."
+        missing = sorted(k for k in ours if k.startswith(prefix) and k not in state)
+        if missing:
+            raise UserError(f"checkpoint {path}: component {name} lacks {missing[:5]}; the file is incomplete")
+    model.load_state_dict(state, strict=False)
+    return components
