@@ -74,9 +74,15 @@ def plain_copy_of_gguf(gguf: Path, cache_dir: Path) -> Path:
     target = cache_dir / f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
     if (target / "config.json").is_file():
         return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Building models draws random init: making the cache must not shift the caller's seeded RNG stream.
+    with torch.random.fork_rng():
+        return _write_plain_copy(gguf, cache_dir, target)
+
+
+def _write_plain_copy(gguf: Path, cache_dir: Path, target: Path) -> Path:
     from tqdm import tqdm
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
     steps = tqdm(total=3, desc=f"caching {gguf.name} as safetensors", unit="step")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     steps.update()
