@@ -27,6 +27,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 from tqdm import tqdm
 
+from components import atomic
 from components.demon.registry import Task, tasks
 from components.errors import UserError
 
@@ -1303,12 +1304,6 @@ def _swap_in(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def build_mini_demon(out: Path, per_task: int = 8, seed: int = 0, progress: bool = True) -> dict:
     """Render the mini benchmark into `out/<Folder>/core/core.json` + `out/<Folder>/core/images/`; returns
     {"tasks": {folder: n_samples}, "images": total_images, "skipped": bool}.
@@ -1348,7 +1343,7 @@ def build_mini_demon(out: Path, per_task: int = 8, seed: int = 0, progress: bool
             "refusing to overwrite them. Choose an empty --out folder, or delete that one first."
         )
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(stamp_path, {**wanted, "complete": False})  # from here on the folders are ours
+    atomic.write_json(stamp_path, {**wanted, "complete": False})  # from here on the folders are ours
     counts, images = {}, 0
     for task in tqdm(core, desc="mini-DEMON", unit="task", disable=not progress):
         tmp = out / f".{task.folder}.tmp"
@@ -1356,5 +1351,5 @@ def build_mini_demon(out: Path, per_task: int = 8, seed: int = 0, progress: bool
         images += _render_task(task, per_task, seed, tmp)
         _swap_in(tmp, out / task.folder)
         counts[task.folder] = per_task
-    _write_json(stamp_path, {**wanted, "complete": True, "tasks": counts, "images": images})
+    atomic.write_json(stamp_path, {**wanted, "complete": True, "tasks": counts, "images": images})
     return {"tasks": counts, "images": images, "skipped": False}

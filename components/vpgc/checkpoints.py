@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from components import atomic
 from components.errors import UserError
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -164,18 +164,6 @@ def load_lavis_weights(model: nn.Module, path: str | os.PathLike[str], prefix: s
 # ------------------------------------------------------------------------------------------- our own format
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temp file in the same folder, then rename: readers never see half a file."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors of every component the config marks trainable (`vpgc`, and `vpg` in the alignment stage)."""
     components = [name for name, mode in model.config.freeze.items() if mode == "trainable"]
@@ -192,12 +180,9 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike[str]) -> Path
     directory.mkdir(parents=True, exist_ok=True)
     state = trainable_state_dict(model)
     components = sorted({key.split(".", 1)[0] for key in state})
-    _atomic_write(
-        directory / WEIGHTS_FILE,
-        lambda temp: save_file(state, temp, metadata={"format": "demonlab-vpgc", "components": ",".join(components)}),
-    )
-    config_text = yaml.safe_dump({"model": model.config.to_dict()}, sort_keys=False)
-    _atomic_write(directory / CONFIG_FILE, lambda temp: Path(temp).write_text(config_text))
+    with atomic.atomic_path(directory / WEIGHTS_FILE) as temp:
+        save_file(state, temp, metadata={"format": "demonlab-vpgc", "components": ",".join(components)})
+    atomic.write_text(directory / CONFIG_FILE, yaml.safe_dump({"model": model.config.to_dict()}, sort_keys=False))
     return directory
 
 
