@@ -41,46 +41,16 @@ def test_embedded_default_end_to_end(tmp_path):
     assert model.generate(convs, settings=settings) == batched  # zero-initialised VPG-C changes nothing
 
 
+def chat(*args: str) -> subprocess.CompletedProcess:
+    """`demonlab chat` on the embedded default, as a user runs it."""
+    command = [sys.executable, "-m", "components.cli", "chat", "--config", "experiments/tiny.yaml", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
 def test_chat_command(tmp_path):
     paths = write_images(tmp_path, 2)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "components.cli",
-            "chat",
-            "--config",
-            "experiments/tiny.yaml",
-            "--image",
-            paths[0],
-            "--image",
-            paths[1],
-            "--max-new-tokens",
-            "8",
-            "Compare {image#1} and {image#2}.",
-        ],  # fmt: skip
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = chat("--image", paths[0], "--image", paths[1], "--max-new-tokens", "8", "Compare {image#1} and {image#2}.")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "components.cli",
-            "chat",
-            "--config",
-            "experiments/tiny.yaml",
-            "--image",
-            "nope.jpg",
-            "What is {image#1}?",
-        ],  # fmt: skip
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    missing = chat("--image", "nope.jpg", "What is {image#1}?")
     assert missing.returncode == 2 and "nope.jpg" in missing.stderr
