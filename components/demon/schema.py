@@ -8,7 +8,8 @@ records in `report.json` (`raw_root`, relative to that folder).
 from __future__ import annotations
 
 import re
-from typing import Literal, TypedDict
+from collections.abc import Mapping
+from typing import Any, Literal, TypedDict
 
 import pandas as pd
 import pyarrow as pa
@@ -73,6 +74,21 @@ def to_parts(text: str, images: list[str]) -> list[Part]:
     if cursor < len(text):
         parts.append({"type": "text", "text": text[cursor:]})
     return parts
+
+
+def official_prompt(sample: Mapping[str, Any]) -> str:
+    """The user turn's text as the official DEMON runner builds it: template + context (no separator), then the
+    options when the sample has a `choice_list` (with `{image#k}` placeholders still in place)."""
+    text = f"{sample['instruction']}{sample['context']}"
+    choices = sample.get("choice_list")
+    if choices is not None and len(choices) and not sample.get("choices_inline"):
+        text += f"Choice list:{list(choices)}. Your answer is:"
+    return text
+
+
+def sample_parts(sample: Mapping[str, Any]) -> list[Part]:
+    """The interleaved parts of one normalized sample (training and evaluation share this prompt)."""
+    return to_parts(official_prompt(sample), list(sample["images"]))
 
 
 def empty_frame() -> pd.DataFrame:

@@ -22,8 +22,8 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from components.vpgc.backbones import ImageProcessor, build_llm, build_vision, load_tokenizer, resolve_path
-from components.vpgc.checkpoints import load_lavis_weights
-from components.vpgc.config import COMPONENTS, ModelConfig
+from components.vpgc.checkpoints import CONFIG_FILE, load_checkpoint, load_lavis_weights
+from components.vpgc.config import COMPONENTS, ModelConfig, load_config
 from components.vpgc.prompts import Conversation, PromptBatch, PromptLayout, collate, layout
 from components.vpgc.vpg import VisualPromptGenerator
 from components.vpgc.vpgc import VPGC, VPGCHook, VPGCInputs
@@ -77,6 +77,15 @@ class VPGCModel(nn.Module):
             if config.checkpoint:
                 load_lavis_weights(model, resolve_path(config.checkpoint, "model.checkpoint"))
         return model.to(device)
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, device: str | torch.device = "cpu", **changes: Any) -> VPGCModel:
+        """A model saved by `save_checkpoint`: its `config.yaml` (with `changes`, e.g. `vpgc_enabled=False`)
+        names the frozen backbones, which load as usual; `weights.safetensors` then replaces what was trained."""
+        config = load_config(Path(directory) / CONFIG_FILE)
+        model = cls.from_config(config.replace(**changes) if changes else config, device=device)
+        load_checkpoint(model, directory)
+        return model
 
     def train(self, mode: bool = True) -> VPGCModel:
         """Only trainable components switch to training mode (dropout, BatchNorm statistics)."""

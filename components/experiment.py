@@ -1,0 +1,50 @@
+"""Experiment configs (`experiments/<name>.yaml`): one file, one section per concern (`model`, `synth`, `train`,
+`eval`), with overrides from `params.yaml` merged on top so `dvc exp run -S` can vary any setting.
+
+Each package validates its own section (unknown keys are errors there); this module only reads and merges.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.errors import UserError
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` applied: mappings merge key by key, anything else is replaced."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The whole experiment document with `overrides` (same nesting, e.g. `{"train": {"vpgc": {"lr": 1e-4}}}`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: experiment config not found; pick one of experiments/*.yaml")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(document, dict):
+        raise UserError(f"{path}: expected a mapping of sections (model, synth, train, eval)")
+    return deep_merge(document, overrides or {})
+
+
+def section(document: Mapping[str, Any], name: str, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """One section of an experiment document; a clear error when the experiment lacks it."""
+    value = document.get(name)
+    if not isinstance(value, Mapping):
+        raise UserError(f"{path}: no `{name}:` section; add one (see experiments/tiny.yaml for every key)")
+    return dict(value)
