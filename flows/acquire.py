@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import flow
 
 from components.tracking.runs import write_metrics
+from flows.entry import stage_main
 from flows.params import load_params
 from flows.tracking import tracked_stage
 
@@ -32,6 +33,10 @@ def acquire_demon(source: str, dest: str, split: str = "core", per_task: int = 8
     return result
 
 
-if __name__ == "__main__":
+def main() -> None:
     p = load_params()["data"]
     acquire_demon(p["source"], p["raw"], split=p["split"], per_task=p["mini"]["per_task"], seed=p["mini"]["seed"])
+
+
+if __name__ == "__main__":
+    stage_main(main)

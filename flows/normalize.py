@@ -9,6 +9,7 @@ from prefect import flow
 
 from components.demon.normalize import normalize
 from components.tracking.runs import write_metrics
+from flows.entry import stage_main
 from flows.params import load_params
 from flows.tracking import tracked_stage
 
@@ -28,8 +29,12 @@ def normalize_demon(raw: str, out: str, split: str = "core", strict: bool = Fals
     return report
 
 
-if __name__ == "__main__":
+def main() -> None:
     p = load_params()
     normalize_demon(
         p["data"]["raw"], p["data"]["normalized"], split=p["data"]["split"], strict=p["normalize"]["strict"]
     )
+
+
+if __name__ == "__main__":
+    stage_main(main)

@@ -12,6 +12,7 @@ from components.demon.normalize import load_samples
 from components.evaluation.baselines import write_chance_predictions
 from components.evaluation.runner import score_directory
 from components.tracking.runs import write_metrics
+from flows.entry import stage_main
 from flows.params import load_params
 from flows.tracking import tracked_stage
 
@@ -44,7 +45,7 @@ def score_predictions(data: str, preds: str, out: str, scorer: str = "parity", m
     return summary
 
 
-if __name__ == "__main__":
+def main() -> None:
     parser = argparse.ArgumentParser(description="Run a scoring stage with the settings of params.yaml.")
     parser.add_argument("stage", choices=["baseline", "score"])
     parser.add_argument("--scorer", choices=["parity", "strict"], default="parity")
@@ -56,3 +57,7 @@ if __name__ == "__main__":
     else:
         out = f"{p['score']['out']}/chance/{args.scorer}"
         score_predictions(normalized, chance, out, args.scorer, metrics=f"metrics/score-chance-{args.scorer}.json")
+
+
+if __name__ == "__main__":
+    stage_main(main)

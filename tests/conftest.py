@@ -17,7 +17,7 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PAT
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory):
     """A real Prefect server on 127.0.0.1 for the whole session; yields its API URL."""
-    from servers import prefect_server
+    from components.servers import prefect_server
 
     with prefect_server(tmp_path_factory.mktemp("prefect")) as url:
         yield url

@@ -17,6 +17,7 @@ import mlflow
 
 from components import atomic
 from components.errors import UserError
+from components.tracking.provenance import dvc_run_tags
 
 EXPERIMENT = "demonlab"
 PARENT_RUN_ENV = "DEMONLAB_PARENT_RUN_ID"
@@ -74,7 +75,7 @@ def stage_run(stage: str, params: Mapping, tags: Mapping[str, str] | None = None
     """An MLflow run for one stage: params logged, provenance tagged, nested under the pipeline run if any."""
     configure()
     parent = os.environ.get(PARENT_RUN_ENV)
-    all_tags = {"demonlab.stage": stage, **(tags or {})}
+    all_tags = {"demonlab.stage": stage, **dvc_run_tags(workspace()), **(tags or {})}
     if commit := git_commit():
         all_tags["git.commit"] = commit
     if parent:

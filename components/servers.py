@@ -1,4 +1,5 @@
-"""Real servers for tests, on 127.0.0.1 only, started and stopped (by process id) by the test that needs them."""
+"""Local servers (Prefect, MLflow, test stand-ins) on 127.0.0.1, started and stopped by process id by whoever
+needs them: `demonlab run`, the `demonlab server`/`worker`/`ui` commands, and the tests."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -51,11 +53,17 @@ def server(command: list[str], health_url: str, log: Path, env: dict | None = No
                 continue
 
 
+def prefect_server_command(port: int) -> list[str]:
+    prefect = Path(sys.executable).with_name("prefect")  # this environment's, whatever PATH says
+    return [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+
+
 @contextmanager
 def prefect_server(home: Path) -> Iterator[str]:
     """A Prefect API server with its own SQLite database under `home`; yields its API URL."""
+    home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    command = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    command = prefect_server_command(port)
     with server(command, f"http://127.0.0.1:{port}/api/health", home / "server.log", env=env):
         yield f"http://127.0.0.1:{port}/api"

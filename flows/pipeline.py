@@ -1,0 +1,141 @@
+"""The pipeline flow: every DVC stage in graph order as a Prefect task, inside one MLflow parent run.
+
+DVC decides what is stale (a stage that did not change is skipped by `dvc repro --single-item`), so Prefect result
+caching is off. One pipeline runs per workspace at a time (a global concurrency limit named after the workspace).
+Each stage's own flow run becomes a child MLflow run through `DEMONLAB_PARENT_RUN_ID`; after it finishes, the
+child and the parent are tagged with the DVC hashes of what it read and wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
+
+from components.atomic import write_json
+from components.tracking.provenance import stage_data_tags
+from components.tracking.runs import PARENT_RUN_ENV, configure, flatten, git_commit, workspace
+from flows.entry import USER_ERROR_EXIT
+from flows.params import load_params, set_params
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, tail: str) -> None:
+        self.stage = stage
+        # DVC reports the command's own exit status; a user's mistake will fail the same way again
+        self.user_error = f"exited with {USER_ERROR_EXIT}" in tail
+        super().__init__(f"stage {stage!r} failed:\n{tail}")
+
+
+def stage_order() -> list[str]:
+    """DVC stage names (`score@parity` for foreach items) with every stage after the stages it depends on."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(workspace())) as repo:
+        return [stage.addressing for stage in reversed(list(nx.topological_sort(repo.index.graph)))]
+
+
+def _tee(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run `command`, echoing its output (progress bars included) and keeping the tail for the error message."""
+    tail: deque[bytes] = deque(maxlen=64)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    while chunk := process.stdout.read1(4096):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+        tail.append(chunk)
+    lines = b"".join(tail).decode(errors="replace").replace("\r", "\n").splitlines()
+    return process.wait(), "\n".join(line for line in lines[-25:] if line.strip())
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    error = state.result(raise_on_failure=False)
+    return not (isinstance(error, StageFailed) and error.user_error)
+
+
+@task(name="dvc-stage", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def run_stage(stage: str, env: dict[str, str]) -> None:
+    returncode, tail = _tee([sys.executable, "-m", "dvc", "repro", "--single-item", stage], env)
+    if returncode:
+        raise StageFailed(stage, tail)
+
+
+def tag_stage_runs(parent_id: str, stage: str) -> None:
+    """Tag the stage's child runs and the parent with the DVC hashes of the stage's inputs and outputs."""
+    tags = stage_data_tags(workspace(), stage, outputs=True)
+    client = mlflow.MlflowClient()
+    children = client.search_runs(
+        [mlflow.get_run(parent_id).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_id}' and tags.`dvc.stage` = '{stage}'",
+    )
+    for run in children:
+        for key, value in tags.items():
+            client.set_tag(run.info.run_id, key, value)
+    for key, value in tags.items():
+        if key.startswith("dvc.out."):
+            client.set_tag(parent_id, key, value)
+
+
+def _workspace_limit() -> str:
+    name = "demonlab-workspace-" + hashlib.sha256(str(workspace()).encode()).hexdigest()[:12]
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    return name
+
+
+@flow(name="demon-pipeline")
+def demon_pipeline(stages: list[str] | None = None, set: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Reproduce the pipeline (or only `stages`, with what they depend on left as DVC has it).
+
+    `set`: parameter overrides, dotted keys of params.yaml (`{"train.max_steps": 20}`), applied before DVC runs.
+    """
+    logger = get_run_logger()
+    with concurrency(_workspace_limit(), occupy=1, strict=True):
+        if set:
+            set_params(set)
+        params = load_params()
+        order = stage_order()
+        unknown = sorted(s for s in stages or [] if s not in order)
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; the pipeline has {order}")
+        selected = [s for s in order if stages is None or s in stages]
+        configure()
+        tags = {
+            "demonlab.stage": "pipeline",
+            "demonlab.experiment": str(params.get("experiment", "")),
+            "prefect.flow_run_id": str(flow_run.get_id() or ""),
+            "git.commit": git_commit() or "",
+        }
+        with mlflow.start_run(run_name="pipeline", tags=tags) as parent:
+            mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
+            env = {**os.environ, PARENT_RUN_ENV: parent.info.run_id}
+            for index, stage in enumerate(selected, 1):
+                logger.info("[%d/%d] %s", index, len(selected), stage)
+                run_stage.with_options(name=f"dvc-stage-{stage}")(stage, env)
+                tag_stage_runs(parent.info.run_id, stage)
+    return {"mlflow_run_id": parent.info.run_id, "stages": selected}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Run the DVC pipeline as one Prefect flow (see `demonlab run`).")
+    parser.add_argument("--stages", nargs="*", default=None, help="only these DVC stages (default: all)")
+    parser.add_argument("--set", default="{}", help="JSON parameter overrides, e.g. '{\"train.max_steps\": 20}'")
+    parser.add_argument("--result", type=Path, default=None, help="write the run's summary (JSON) here")
+    args = parser.parse_args()
+    result = demon_pipeline(stages=args.stages, set=json.loads(args.set) or None)
+    if args.result:
+        write_json(args.result, result)
