@@ -112,9 +112,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
     own_server = "PREFECT_API_URL" not in env
     with prefect_server(Path(env["PREFECT_HOME"])) if own_server else nullcontext(env["PREFECT_API_URL"]) as api:
         env["PREFECT_API_URL"] = api
-        if subprocess.run(command, env=env).returncode != 0:
-            raise UserError("the pipeline failed; the failing stage's own error is printed above")
-    result = json.loads(result_file.read_text())
+        returncode = subprocess.run(command, env=env).returncode
+    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    if returncode != 0 or "error" in result:
+        raise UserError(result.get("error", f"the pipeline flow exited with {returncode}; its log is above"))
     print(f"pipeline done: {len(result['stages'])} stage(s) checked; MLflow parent run {result['mlflow_run_id']}")
     for line in pipeline_summary(yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))):
         print(line)

@@ -35,12 +35,13 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) ->
 
 
 @contextmanager
-def server(command: list[str], health_url: str, log: Path, env: dict | None = None, timeout: float = 90):
-    """Run `command` until the block ends; stop it by process id (SIGINT, then SIGKILL for stragglers)."""
+def background(command: list[str], log: Path, env: dict | None = None, cwd: Path | None = None):
+    """Run `command` in its own process group until the block ends; stop the group (SIGINT, then SIGKILL)."""
     with log.open("w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
     try:
-        wait_http(health_url, process, timeout, log)
         yield process
     finally:
         for sig, wait in ((signal.SIGINT, 10), (signal.SIGKILL, 5)):
@@ -51,6 +52,14 @@ def server(command: list[str], health_url: str, log: Path, env: dict | None = No
                 process.wait(wait)
             except subprocess.TimeoutExpired:
                 continue
+
+
+@contextmanager
+def server(command: list[str], health_url: str, log: Path, env: dict | None = None, timeout: float = 90):
+    """A `background` server, ready once `health_url` answers."""
+    with background(command, log, env) as process:
+        wait_http(health_url, process, timeout, log)
+        yield process
 
 
 def prefect_server_command(port: int) -> list[str]:

@@ -26,6 +26,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from components.atomic import write_json
+from components.errors import UserError
 from components.tracking.provenance import stage_data_tags
 from components.tracking.runs import PARENT_RUN_ENV, configure, flatten, git_commit, workspace
 from flows.entry import USER_ERROR_EXIT
@@ -37,7 +38,9 @@ class StageFailed(RuntimeError):
         self.stage = stage
         # DVC reports the command's own exit status; a user's mistake will fail the same way again
         self.user_error = f"exited with {USER_ERROR_EXIT}" in tail
-        super().__init__(f"stage {stage!r} failed:\n{tail}")
+        # a stage's own one-line message (`flows.entry.stage_main`) says it best; else the end of its output
+        message = [line for line in tail.splitlines() if line.startswith("error: ")] or [tail]
+        super().__init__(f"stage {stage!r} failed: " + "\n".join(message).removeprefix("error: "))
 
 
 def stage_order() -> list[str]:
@@ -136,6 +139,13 @@ if __name__ == "__main__":
     parser.add_argument("--set", default="{}", help="JSON parameter overrides, e.g. '{\"train.max_steps\": 20}'")
     parser.add_argument("--result", type=Path, default=None, help="write the run's summary (JSON) here")
     args = parser.parse_args()
-    result = demon_pipeline(stages=args.stages, set=json.loads(args.set) or None)
-    if args.result:
+    try:
+        result = demon_pipeline(stages=args.stages, set=json.loads(args.set) or None)
+    except (StageFailed, UserError) as error:  # Prefect has logged the details; end with the one line that matters
+        result = {"error": str(error), "user_error": getattr(error, "user_error", True)}
+    if args.result:  # the caller reports it
         write_json(args.result, result)
+    elif "error" in result:
+        print(f"error: {result['error']}", file=sys.stderr)
+    if "error" in result:
+        sys.exit(USER_ERROR_EXIT if result["user_error"] else 1)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,34 +10,12 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
+from workspace import project_workspace, run
 
 
 @pytest.fixture
 def workspace(tmp_path: Path, prefect_api: str) -> tuple[Path, dict]:
-    """A copy of the project (code, dvc.yaml, params.yaml) as its own git + DVC repository, 2 samples per task."""
-    ws = tmp_path / "ws"
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for folder in ("components", "flows"):
-        shutil.copytree(ROOT / folder, ws / folder, ignore=ignore)
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, ws / name)
-    shutil.copytree(ROOT / "data", ws / "data", ignore=shutil.ignore_patterns("raw", "normalized"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"]["mini"]["per_task"] = 2
-    (ws / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlflow.db'}"}
-    env.pop("DEMONLAB_WORKSPACE", None)
-    run(["git", "init", "-q"], ws, env)
-    run([sys.executable, "-m", "dvc", "init", "-q"], ws, env)
-    return ws, env
+    return project_workspace(tmp_path, prefect_api)
 
 
 def test_dvc_repro_runs_the_stages_tracks_them_and_knows_what_is_stale(workspace):

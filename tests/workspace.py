@@ -1,0 +1,47 @@
+"""A throwaway copy of the project (code, dvc.yaml, params.yaml, prefect.yaml) as its own git + DVC repository,
+tracking to its own MLflow store and a test Prefect server: what a user has after cloning."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.experiment import deep_merge
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small enough for a test, the real code path all the same.
+TEST_PARAMS: dict[str, Any] = {"data": {"mini": {"per_task": 2}}}
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check:
+        assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def project_workspace(tmp_path: Path, prefect_api: str, params: Mapping[str, Any] | None = None) -> tuple[Path, dict]:
+    ws = tmp_path / "ws"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for folder in ("components", "flows", "experiments"):
+        shutil.copytree(ROOT / folder, ws / folder, ignore=ignore)
+    for name in ("dvc.yaml", ".dvcignore", "prefect.yaml"):
+        shutil.copy(ROOT / name, ws / name)
+    shutil.copytree(ROOT / "data", ws / "data", ignore=shutil.ignore_patterns(*(p.name for p in ROOT.glob("data/*/"))))
+    merged = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), deep_merge(TEST_PARAMS, params or {}))
+    (ws / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlflow.db'}"}
+    env.pop("DEMONLAB_WORKSPACE", None)
+    env.pop("DEMONLAB_PARENT_RUN_ID", None)
+    run(["git", "init", "-q"], ws, env)
+    run([sys.executable, "-m", "dvc", "init", "-q"], ws, env)
+    run(["git", "add", "-A"], ws, env)
+    run(["git", "commit", "-qm", "clone"], ws, env)
+    return ws, env
