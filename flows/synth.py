@@ -1,0 +1,86 @@
+"""Stage `synth`: synthetic discriminative pairs + captions (components/synth) inside a Prefect flow and its MLflow run.
+
+    python -m flows.synth     (what dvc.yaml runs; reads params.yaml)
+
+params.yaml keys read: `experiment` (experiments/<name>.yaml: its `model:` and `synth:` sections), `synth.out`
+(output folder), `synth.seed`, `synth.workers`, `synth.limit` (null = the experiment's `synth.count`), and the
+optional `synth.vpg_checkpoint` (a trained checkpoint folder whose VPG gives the attention maps; null = the
+experiment's model). Metrics (per edit type tried/kept/rejected, inputs used/skipped): `metrics/synth.json`;
+report.json and the contact sheet are MLflow artifacts of the stage run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from prefect import flow
+
+from components.synth.pipeline import generate_from_experiment
+from components.tracking.runs import write_metrics
+from flows.entry import stage_main
+from flows.params import load_params
+from flows.tracking import tracked_stage
+
+METRICS = Path("metrics/synth.json")
+
+
+@flow(name="synthesize-pairs", retries=1)
+def synthesize_pairs(
+    experiment: str,
+    out: str,
+    seed: int | None = None,
+    workers: int = 1,
+    limit: int | None = None,
+    vpg_checkpoint: str | None = None,
+    metrics: str | None = str(METRICS),
+) -> dict:
+    """Generate into `out` (a killed run resumes: the retry picks up the finished chunks)."""
+    params = {
+        "experiment": experiment,
+        "out": out,
+        "seed": seed,
+        "workers": workers,
+        "limit": limit,
+        "vpg_checkpoint": vpg_checkpoint,
+    }
+    with tracked_stage("synth", params, experiment=Path(experiment).stem) as run:
+        report = generate_from_experiment(
+            Path(experiment),
+            Path(out),
+            limit=limit,
+            seed=seed,
+            workers=workers,
+            vpg_checkpoint=Path(vpg_checkpoint) if vpg_checkpoint else None,
+            progress=False,
+        )
+        for name in ("report.json", "contact_sheet.png"):
+            mlflow.log_artifact(str(Path(out) / name), run_id=run.info.run_id)
+        if metrics:
+            write_metrics(
+                Path(metrics),
+                {
+                    "edits": {t: {k: v[k] for k in ("tried", "kept", "rejected")} for t, v in report["edits"].items()},
+                    "inputs": {k: report["inputs"][k] for k in ("total", "used", "skipped")},
+                    "totals": report["totals"],
+                    "seconds": report["seconds"]["wall"],
+                },
+            )
+    return report
+
+
+def main() -> None:
+    p = load_params()
+    settings = p["synth"]
+    synthesize_pairs(
+        f"experiments/{p['experiment']}.yaml",
+        settings["out"],
+        seed=settings.get("seed"),
+        workers=settings.get("workers") or 1,
+        limit=settings.get("limit"),
+        vpg_checkpoint=settings.get("vpg_checkpoint"),
+    )
+
+
+if __name__ == "__main__":
+    stage_main(main)
