@@ -78,11 +78,16 @@ def to_parts(text: str, images: list[str]) -> list[Part]:
 
 def official_prompt(sample: Mapping[str, Any]) -> str:
     """The user turn's text as the official DEMON runner builds it: template + context (no separator), then the
-    options when the sample has a `choice_list` (with `{image#k}` placeholders still in place)."""
+    options when the sample has a `choice_list` (with `{image#k}` placeholders still in place).
+
+    The release (`Cheetah/i4_cheetah_llama2.py`, `IDataset.__getitem__`) joins the options by hand,
+    `"Choice list:['" + "', '".join(choices) + "']. Your answer is:"`, which is not Python's list repr: an option
+    holding a quote stays inside single quotes (`'it's'`, where repr would write `"it's"`).
+    """
     text = f"{sample['instruction']}{sample['context']}"
     choices = sample.get("choice_list")
     if choices is not None and len(choices) and not sample.get("choices_inline"):
-        text += f"Choice list:{list(choices)}. Your answer is:"
+        text += "Choice list:['" + "', '".join(str(c) for c in choices) + "']. Your answer is:"
     return text
 
 

@@ -1,0 +1,164 @@
+"""Stage `evaluate`: a model's answers on DEMON, scored by both scorers, one task group (category) per run, plus
+the merge of a model's groups into one bundle and the side-by-side report of several models.
+
+`python -m flows.evaluate --model-name NAME --group SLUG` reads params.yaml:
+  experiment                 experiments/<experiment>.yaml, whose `eval:` section sets decoding and batching
+  data.normalized            the normalized DEMON folder
+  evaluate.out               bundles go to <out>/<NAME>/<SLUG>
+  evaluate.limit             samples per task (null: all), overrides eval.limit
+  evaluate.batch_size        overrides eval.batch_size
+  evaluate.models.<NAME>     the model spec: a string (experiment config, checkpoint folder, models:/name@alias,
+                             hf:<id>) or {model: <spec>, vpgc: on|off}
+and writes <out>/<NAME>/<SLUG>/ (the bundle) and metrics/evaluate-<NAME>-<SLUG>.json.
+`--merge` instead merges every <out>/<NAME>/<slug> that exists into <out>/<NAME>/all (metrics/evaluate-<NAME>.json);
+`--compare` writes <out>/compare/ from the merged bundles of every model in evaluate.models.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import flow
+
+from components.demon.registry import categories
+from components.errors import UserError
+from components.evaluation.bundle import merge_bundles
+from components.evaluation.bundle_report import compare_bundles
+from components.evaluation.evaluate import evaluate
+from components.evaluation.inference import category_slug
+from components.evaluation.settings import load_eval_settings
+from components.experiment import load_experiment
+from components.tracking.runs import write_metrics
+from flows.entry import stage_main
+from flows.params import load_params
+from flows.tracking import tracked_stage
+
+ARTIFACTS = ("results.json", "report.md", "categories.png")
+
+
+def bundle_metrics(results: dict) -> dict[str, Any]:
+    """Category and task scores (x100) of both scorers, plus counts; categories without a scored task left out."""
+    metrics: dict[str, Any] = {}
+    for scorer, summary in results["scores"].items():
+        metrics[scorer] = {
+            "categories": {c: r["score_x100"] for c, r in summary["categories"].items() if r["score_x100"] is not None},
+            "tasks": {t: r["score_x100"] for t, r in summary["tasks"].items()},
+        }
+    counts = results["counts"]
+    metrics.update(samples=counts["samples"], errors=counts["errors"], empty=counts["empty"], cached=counts["cached"])
+    return metrics
+
+
+def _log_bundle(out: Path, results: dict, metrics: str | None) -> None:
+    for name in ARTIFACTS:
+        if (out / name).is_file():
+            mlflow.log_artifact(str(out / name))
+    mlflow.set_tag("demonlab.model_fingerprint", results["model"]["fingerprint"])
+    if metrics:
+        write_metrics(Path(metrics), bundle_metrics(results))
+
+
+@flow(name="evaluate-model")
+def evaluate_model(
+    model: str,
+    data: str,
+    out: str,
+    experiment: str | None = None,
+    group: str | None = None,
+    vpgc: bool | None = None,
+    overrides: dict | None = None,
+    metrics: str | None = None,
+) -> dict:
+    """Evaluate `model` on the samples of `data` (one category when `group` is a category slug or name) into the
+    bundle `out`; `overrides` are merged into the experiment document (e.g. `{"eval": {"limit": 2}}`)."""
+    params = {"model": model, "data": data, "out": out, "experiment": experiment, "group": group, "vpgc": vpgc}
+    with tracked_stage("evaluate", {**params, "overrides": overrides or {}}, experiment=experiment):
+        document = load_experiment(experiment, overrides) if experiment else dict(overrides or {})
+        settings = load_eval_settings(document, experiment or "overrides")
+        results = evaluate(
+            model,
+            Path(data),
+            Path(out),
+            settings,
+            categories=[group] if group else None,
+            vpgc=vpgc,
+            experiment=experiment,
+        )
+        _log_bundle(Path(out), results, metrics)
+    return results["counts"]
+
+
+@flow(name="merge-evaluations")
+def merge_evaluations(bundles: list[str], out: str, metrics: str | None = None) -> dict:
+    """Merge the task-group bundles of one model into one bundle, with its scores tracked."""
+    with tracked_stage("evaluate-merge", {"bundles": bundles, "out": out}):
+        results = merge_bundles([Path(b) for b in bundles], Path(out))
+        _log_bundle(Path(out), results, metrics)
+    return results["counts"]
+
+
+@flow(name="compare-evaluations")
+def compare_evaluations(bundles: dict[str, str], out: str) -> dict:
+    """A side-by-side report of several models' bundles ({label: folder})."""
+    with tracked_stage("evaluate-compare", {"bundles": bundles, "out": out}):
+        record = compare_bundles([(label, Path(folder)) for label, folder in bundles.items()], Path(out))
+        for name in ("compare.md", "compare.png", "compare.json"):
+            mlflow.log_artifact(str(Path(out) / name))
+    return record
+
+
+def model_spec(p: dict, name: str) -> tuple[str, bool | None]:
+    """(spec, vpgc switch) of `evaluate.models.<name>` in params.yaml."""
+    models = p.get("evaluate", {}).get("models") or {}
+    if name not in models:
+        raise UserError(f"params.yaml: no evaluate.models.{name}; known: {sorted(models)}")
+    entry = models[name]
+    if isinstance(entry, str):
+        return entry, None
+    if isinstance(entry, dict) and isinstance(entry.get("model"), str) and set(entry) <= {"model", "vpgc"}:
+        vpgc = entry.get("vpgc")
+        if vpgc not in (None, "on", "off", True, False):
+            raise UserError(f"params.yaml: evaluate.models.{name}.vpgc must be on or off, not {vpgc!r}")
+        return entry["model"], None if vpgc is None else vpgc in ("on", True)
+    raise UserError(f"params.yaml: evaluate.models.{name} must be a spec string or {{model: SPEC, vpgc: on|off}}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the evaluate stage with the settings of params.yaml.")
+    parser.add_argument("--model-name", required=True, help="a key of evaluate.models (or any label with --compare)")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--group", help="a category slug: " + ", ".join(category_slug(c) for c in categories()))
+    mode.add_argument("--merge", action="store_true", help="merge this model's group bundles into <out>/<name>/all")
+    mode.add_argument("--compare", action="store_true", help="side-by-side report of every model in evaluate.models")
+    args = parser.parse_args()
+    p = load_params()
+    section = p.get("evaluate") or {}
+    out = Path(section.get("out", "data/eval"))
+    if args.compare:
+        names = sorted(section.get("models") or {})
+        compare_evaluations({name: str(out / name / "all") for name in names}, str(out / "compare"))
+        return
+    if args.merge:
+        groups = [out / args.model_name / category_slug(c) for c in categories()]
+        found = [str(g) for g in groups if (g / "results.json").is_file()]
+        merge_evaluations(found, str(out / args.model_name / "all"), f"metrics/evaluate-{args.model_name}.json")
+        return
+    spec, vpgc = model_spec(p, args.model_name)
+    overrides = {"eval": {k: section[k] for k in ("limit", "batch_size") if section.get(k) is not None}}
+    evaluate_model(
+        spec,
+        p["data"]["normalized"],
+        str(out / args.model_name / args.group),
+        experiment=f"experiments/{p['experiment']}.yaml",
+        group=args.group,
+        vpgc=vpgc,
+        overrides=overrides,
+        metrics=f"metrics/evaluate-{args.model_name}-{args.group}.json",
+    )
+
+
+if __name__ == "__main__":
+    stage_main(main)
