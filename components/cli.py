@@ -10,9 +10,11 @@ from components import pipeline_cli
 from components.demon import cli as demon_cli
 from components.errors import UserError
 from components.evaluation import cli as evaluation_cli
+from components.synth import cli as synth_cli
+from components.training import cli as training_cli
 from components.vpgc import cli as vpgc_cli
 
-COMMAND_GROUPS = (pipeline_cli, demon_cli, evaluation_cli, vpgc_cli)
+COMMAND_GROUPS = (pipeline_cli, demon_cli, evaluation_cli, vpgc_cli, training_cli, synth_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -164,9 +164,11 @@ def load_lavis_weights(model: nn.Module, path: str | os.PathLike[str], prefix: s
 # ------------------------------------------------------------------------------------------- our own format
 
 
-def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors of every component the config marks trainable (`vpgc`, and `vpg` in the alignment stage)."""
-    components = [name for name, mode in model.config.freeze.items() if mode == "trainable"]
+def trainable_state_dict(model: nn.Module, extra_components: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """The tensors of every component the config marks trainable (`vpgc`, and `vpg` in the alignment stage), plus
+    `extra_components`: frozen ones that exist nowhere else (a VPG trained by our alignment stage)."""
+    trainable = [name for name, mode in model.config.freeze.items() if mode == "trainable"]
+    components = trainable + [name for name in extra_components if name not in trainable]
     return {
         f"{name}.{key}": tensor.detach().cpu().contiguous()
         for name in components
@@ -174,11 +176,14 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def save_checkpoint(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
-    """Write `weights.safetensors` (trainable components) and `config.yaml` (resolved config) into `directory`."""
+def save_checkpoint(
+    model: nn.Module, directory: str | os.PathLike[str], extra_components: tuple[str, ...] = ()
+) -> Path:
+    """Write `weights.safetensors` (trainable components + `extra_components`) and `config.yaml` (resolved config)
+    into `directory`. Never name a component whose weights come from public files (`model.*.weights`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = trainable_state_dict(model)
+    state = trainable_state_dict(model, extra_components)
     components = sorted({key.split(".", 1)[0] for key in state})
     with atomic.atomic_path(directory / WEIGHTS_FILE) as temp:
         save_file(state, temp, metadata={"format": "demonlab-vpgc", "components": ",".join(components)})
