@@ -123,7 +123,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 def pipeline_summary(params: dict) -> list[str]:
-    """The lines `demonlab run` ends with: what the data stages kept, the scores, where the report is."""
+    """The lines `demonlab run` ends with: what the data stages kept, the models' scores, where the report is."""
     lines = []
     report = Path(params["data"]["normalized"]) / "report.json"
     if report.is_file():
@@ -132,12 +132,13 @@ def pipeline_summary(params: dict) -> list[str]:
             f"DEMON normalized: {totals['normalized']} samples kept, {totals['quarantined']} quarantined, "
             f"{totals['tasks_failed']} task(s) failed, of {totals['input']} read"
         )
-    for scorer in ("parity", "strict"):
-        summary = Path(params["score"]["out"]) / "chance" / scorer / "summary.json"
-        if summary.is_file():
-            categories = json.loads(summary.read_text())["categories"]
-            scores = ", ".join(f"{name} {row['score_x100']:.1f}" for name, row in categories.items())
-            lines.append(f"chance baseline ({scorer}): {scores}")
+    compare = Path(params["evaluate"]["report"]) / "compare.json"
+    if compare.is_file():
+        scores = json.loads(compare.read_text())["scores"]["parity"]["categories"]
+        for model, categories in scores.items():
+            row = ", ".join(f"{name} {value:.1f}" for name, value in categories.items() if value is not None)
+            lines.append(f"{model} (parity x100): {row}")
+        lines.append(f"report: {compare.with_name('compare.md').resolve()}")
     return lines
 
 

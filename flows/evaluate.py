@@ -1,17 +1,19 @@
-"""Stage `evaluate`: a model's answers on DEMON, scored by both scorers, one task group (category) per run, plus
-the merge of a model's groups into one bundle and the side-by-side report of several models.
+"""Stages `evaluate`, `merge` and `report`: a model's answers on DEMON, scored by both scorers, one task group
+(category) per run; the merge of a model's groups into one bundle; the side-by-side report of several models.
 
-`python -m flows.evaluate --model-name NAME --group SLUG` reads params.yaml:
+    python -m flows.evaluate group NAME SLUG    -> <evaluate.out>/groups/NAME/SLUG, metrics/evaluate/NAME-SLUG.json
+    python -m flows.evaluate merge NAME         -> <evaluate.out>/models/NAME, metrics/evaluate-NAME.json
+    python -m flows.evaluate compare            -> <evaluate.report> (every model of evaluate.models, in order)
+
+params.yaml keys read:
   experiment                 experiments/<experiment>.yaml, whose `eval:` section sets decoding and batching
   data.normalized            the normalized DEMON folder
-  evaluate.out               bundles go to <out>/<NAME>/<SLUG>
+  evaluate.out, evaluate.report
   evaluate.limit             samples per task (null: all), overrides eval.limit
   evaluate.batch_size        overrides eval.batch_size
+  evaluate.groups.<GROUP>    the categories of a task group (one DVC stage per model and group)
   evaluate.models.<NAME>     the model spec: a string (experiment config, checkpoint folder, models:/name@alias,
                              hf:<id>) or {model: <spec>, vpgc: on|off}
-and writes <out>/<NAME>/<SLUG>/ (the bundle) and metrics/evaluate-<NAME>-<SLUG>.json.
-`--merge` instead merges every <out>/<NAME>/<slug> that exists into <out>/<NAME>/all (metrics/evaluate-<NAME>.json);
-`--compare` writes <out>/compare/ from the merged bundles of every model in evaluate.models.
 """
 
 from __future__ import annotations
@@ -23,12 +25,10 @@ from typing import Any
 import mlflow
 from prefect import flow
 
-from components.demon.registry import categories
 from components.errors import UserError
 from components.evaluation.bundle import merge_bundles
 from components.evaluation.bundle_report import compare_bundles
 from components.evaluation.evaluate import evaluate
-from components.evaluation.inference import category_slug
 from components.evaluation.settings import load_eval_settings
 from components.experiment import load_experiment
 from components.tracking.runs import write_metrics
@@ -68,13 +68,15 @@ def evaluate_model(
     out: str,
     experiment: str | None = None,
     group: str | None = None,
+    categories: list[str] | None = None,
     vpgc: bool | None = None,
     overrides: dict | None = None,
     metrics: str | None = None,
 ) -> dict:
-    """Evaluate `model` on the samples of `data` (one category when `group` is a category slug or name) into the
+    """Evaluate `model` on the samples of `data` (only `categories` when given; `group` names them) into the
     bundle `out`; `overrides` are merged into the experiment document (e.g. `{"eval": {"limit": 2}}`)."""
-    params = {"model": model, "data": data, "out": out, "experiment": experiment, "group": group, "vpgc": vpgc}
+    params = {"model": model, "data": data, "out": out, "experiment": experiment, "group": group,
+              "categories": categories, "vpgc": vpgc}  # fmt: skip
     with tracked_stage("evaluate", {**params, "overrides": overrides or {}}, experiment=experiment):
         document = load_experiment(experiment, overrides) if experiment else dict(overrides or {})
         settings = load_eval_settings(document, experiment or "overrides")
@@ -83,7 +85,7 @@ def evaluate_model(
             Path(data),
             Path(out),
             settings,
-            categories=[group] if group else None,
+            categories=categories,
             vpgc=vpgc,
             experiment=experiment,
         )
@@ -127,37 +129,41 @@ def model_spec(p: dict, name: str) -> tuple[str, bool | None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Run the evaluate stage with the settings of params.yaml.")
-    parser.add_argument("--model-name", required=True, help="a key of evaluate.models (or any label with --compare)")
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--group", help="a category slug: " + ", ".join(category_slug(c) for c in categories()))
-    mode.add_argument("--merge", action="store_true", help="merge this model's group bundles into <out>/<name>/all")
-    mode.add_argument("--compare", action="store_true", help="side-by-side report of every model in evaluate.models")
+    parser = argparse.ArgumentParser(description="Run an evaluation stage with the settings of params.yaml.")
+    steps = parser.add_subparsers(dest="step", required=True)
+    one = steps.add_parser("group", help="one model (a key of evaluate.models) on one task group (evaluate.groups)")
+    one.add_argument("model_name")
+    one.add_argument("group")
+    steps.add_parser("merge", help="merge a model's group bundles into one").add_argument("model_name")
+    steps.add_parser("compare", help="side-by-side report of every model in evaluate.models")
     args = parser.parse_args()
     p = load_params()
     section = p.get("evaluate") or {}
     out = Path(section.get("out", "data/eval"))
-    if args.compare:
-        names = sorted(section.get("models") or {})
-        compare_evaluations({name: str(out / name / "all") for name in names}, str(out / "compare"))
-        return
-    if args.merge:
-        groups = [out / args.model_name / category_slug(c) for c in categories()]
+    if args.step == "compare":
+        names = list(section.get("models") or {})
+        compare_evaluations({name: str(out / "models" / name) for name in names}, section.get("report", "data/report"))
+    elif args.step == "merge":
+        groups = [out / "groups" / args.model_name / name for name in section.get("groups") or {}]
         found = [str(g) for g in groups if (g / "results.json").is_file()]
-        merge_evaluations(found, str(out / args.model_name / "all"), f"metrics/evaluate-{args.model_name}.json")
-        return
-    spec, vpgc = model_spec(p, args.model_name)
-    overrides = {"eval": {k: section[k] for k in ("limit", "batch_size") if section.get(k) is not None}}
-    evaluate_model(
-        spec,
-        p["data"]["normalized"],
-        str(out / args.model_name / args.group),
-        experiment=f"experiments/{p['experiment']}.yaml",
-        group=args.group,
-        vpgc=vpgc,
-        overrides=overrides,
-        metrics=f"metrics/evaluate-{args.model_name}-{args.group}.json",
-    )
+        merge_evaluations(found, str(out / "models" / args.model_name), f"metrics/evaluate-{args.model_name}.json")
+    else:
+        spec, vpgc = model_spec(p, args.model_name)
+        groups = section.get("groups") or {}
+        if args.group not in groups:
+            raise UserError(f"params.yaml: evaluate.groups has no {args.group!r}; known: {sorted(groups)}")
+        overrides = {"eval": {k: section[k] for k in ("limit", "batch_size") if section.get(k) is not None}}
+        evaluate_model(
+            spec,
+            p["data"]["normalized"],
+            str(out / "groups" / args.model_name / args.group),
+            experiment=f"experiments/{p['experiment']}.yaml",
+            group=args.group,
+            categories=list(groups[args.group]),
+            vpgc=vpgc,
+            overrides=overrides,
+            metrics=f"metrics/evaluate/{args.model_name}-{args.group}.json",
+        )
 
 
 if __name__ == "__main__":

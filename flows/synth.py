@@ -1,16 +1,18 @@
-"""Stage `synth`: synthetic discriminative pairs + captions (components/synth) inside a Prefect flow and its MLflow run.
+"""Stages `captions` and `synth`: synthetic data (components/synth) inside a Prefect flow and its MLflow run.
 
-    python -m flows.synth     (what dvc.yaml runs; reads params.yaml)
+    python -m flows.synth --captions    captions only, the alignment stage's data -> `synth.captions`
+    python -m flows.synth               discriminative pairs + captions -> `synth.out`
 
-params.yaml keys read: `experiment` (experiments/<name>.yaml: its `model:` and `synth:` sections), `synth.out`
-(output folder), `synth.seed`, `synth.workers`, `synth.limit` (null = the experiment's `synth.count`), and the
-optional `synth.vpg_checkpoint` (a trained checkpoint folder whose VPG gives the attention maps; null = the
-experiment's model). Metrics (per edit type tried/kept/rejected, inputs used/skipped): `metrics/synth.json`;
-report.json and the contact sheet are MLflow artifacts of the stage run.
+params.yaml keys read: `experiment` (experiments/<name>.yaml: its `model:` and `synth:` sections), `synth.captions`,
+`synth.out`, `synth.seed`, `synth.workers`, `synth.limit` (null = the experiment's `synth.count`), and
+`synth.vpg_checkpoint` (a trained checkpoint folder whose VPG gives the attention maps; null = the experiment's
+model). Metrics (per edit type tried/kept/rejected, inputs used/skipped): `metrics/synth.json` or
+`metrics/captions.json`; report.json and the contact sheet are MLflow artifacts of the stage run.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import mlflow
@@ -33,6 +35,7 @@ def synthesize_pairs(
     workers: int = 1,
     limit: int | None = None,
     vpg_checkpoint: str | None = None,
+    overrides: dict | None = None,
     metrics: str | None = str(METRICS),
 ) -> dict:
     """Generate into `out` (a killed run resumes: the retry picks up the finished chunks)."""
@@ -43,11 +46,13 @@ def synthesize_pairs(
         "workers": workers,
         "limit": limit,
         "vpg_checkpoint": vpg_checkpoint,
+        "overrides": overrides or {},
     }
     with tracked_stage("synth", params, experiment=Path(experiment).stem) as run:
         report = generate_from_experiment(
             Path(experiment),
             Path(out),
+            overrides=overrides,
             limit=limit,
             seed=seed,
             workers=workers,
@@ -70,15 +75,21 @@ def synthesize_pairs(
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the synth stage with the settings of params.yaml.")
+    parser.add_argument("--captions", action="store_true", help="captions only (alignment data) into synth.captions")
+    args = parser.parse_args()
     p = load_params()
     settings = p["synth"]
     synthesize_pairs(
         f"experiments/{p['experiment']}.yaml",
-        settings["out"],
+        settings["captions"] if args.captions else settings["out"],
         seed=settings.get("seed"),
         workers=settings.get("workers") or 1,
         limit=settings.get("limit"),
-        vpg_checkpoint=settings.get("vpg_checkpoint"),
+        # the pairs are chosen where the *aligned* VPG does not look, as in the paper (its VPG is pretrained)
+        vpg_checkpoint=None if args.captions else settings.get("vpg_checkpoint"),
+        overrides={"synth": {"edits_per_image": 0}} if args.captions else None,
+        metrics=f"metrics/{'captions' if args.captions else 'synth'}.json",
     )
 
 

@@ -1,5 +1,5 @@
 """The evaluate stage as DVC will run it: `python -m flows.evaluate` reading params.yaml in a project copy, a real
-Prefect server, MLflow runs whose metrics equal the DVC metrics files; then `--merge` and `--compare`."""
+Prefect server, MLflow runs whose metrics equal the DVC metrics files; then `merge` and `compare`."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def test_evaluate_stage_reads_params_tracks_and_merges(tmp_path, prefect_api, mo
                 "out": "data/eval",
                 "limit": 1,
                 "batch_size": 2,
+                "groups": {"multimodal-dialogue": ["Multimodal Dialogue"]},
                 "models": {"tiny": {"model": "experiments/tiny-test.yaml", "vpgc": "on"}},
             },
         },
@@ -36,15 +37,13 @@ def test_evaluate_stage_reads_params_tracks_and_merges(tmp_path, prefect_api, mo
     mini_normalized(tmp_path / "mini", per_task=2)
     shutil.copytree(tmp_path / "mini", ws / "data", dirs_exist_ok=True)
     env = {**env, "DEMONLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    stage = [sys.executable, "-m", "flows.evaluate", "--model-name", "tiny"]
-
-    run([*stage, "--group", "multimodal-dialogue"], ws, env)
-    bundle = ws / "data/eval/tiny/multimodal-dialogue"
+    run([sys.executable, "-m", "flows.evaluate", "group", "tiny", "multimodal-dialogue"], ws, env)
+    bundle = ws / "data/eval/groups/tiny/multimodal-dialogue"
     results = json.loads((bundle / "results.json").read_text())
     assert results["counts"]["samples"] == 2 and set(results["counts"]["tasks"]) == {"ALFRED", "MMCoQA"}  # limit 1
     assert results["generation"]["batch_size"] == 2 and results["generation"]["max_new_tokens"] == 6
     assert results["model"]["config"]["vpgc_enabled"] is True and results["data"]["path"] == "data/normalized"
-    metrics = json.loads((ws / "metrics/evaluate-tiny-multimodal-dialogue.json").read_text())
+    metrics = json.loads((ws / "metrics/evaluate/tiny-multimodal-dialogue.json").read_text())
     assert set(metrics["parity"]["categories"]) == {"Multimodal Dialogue"} and metrics["samples"] == 2
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
@@ -60,19 +59,19 @@ def test_evaluate_stage_reads_params_tracks_and_merges(tmp_path, prefect_api, mo
     assert logged.tags["prefect.flow_run_id"] and logged.tags["demonlab.model_fingerprint"]
     assert logged.params["group"] == "multimodal-dialogue"
 
-    # --merge and --compare in this process (the same __main__, without another interpreter start-up)
+    # merge and compare in this process (the same __main__, without another interpreter start-up)
     for key in ("MLFLOW_TRACKING_URI", "DEMONLAB_CACHE"):
         monkeypatch.setenv(key, env[key])
     monkeypatch.chdir(ws)
     with temporary_settings({PREFECT_API_URL: prefect_api}):  # Prefect read its settings when it was imported
-        for mode in ("--merge", "--compare"):
-            monkeypatch.setattr(sys, "argv", ["flows.evaluate", "--model-name", "tiny", mode])
+        for argv in (["merge", "tiny"], ["compare"]):
+            monkeypatch.setattr(sys, "argv", ["flows.evaluate", *argv])
             evaluate_flow.main()
-    merged = json.loads((ws / "data/eval/tiny/all/results.json").read_text())
+    merged = json.loads((ws / "data/eval/models/tiny/results.json").read_text())
     assert merged["scores"] == results["scores"]
-    assert merged["merged_from"] == [str(Path("data/eval/tiny/multimodal-dialogue"))]
+    assert merged["merged_from"] == [str(Path("data/eval/groups/tiny/multimodal-dialogue"))]
     assert json.loads((ws / "metrics/evaluate-tiny.json").read_text()) == metrics
-    assert "| category | tiny |" in (ws / "data/eval/compare/compare.md").read_text()
+    assert "| category | tiny |" in (ws / "data/report/compare.md").read_text()
     stages = {
         r.data.tags["demonlab.stage"] for r in mlflow.search_runs(experiment_names=["demonlab"], output_format="list")
     }
