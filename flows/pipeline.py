@@ -49,7 +49,9 @@ def stage_order() -> list[str]:
     from dvc.repo import Repo
 
     with Repo(str(workspace())) as repo:
-        return [stage.addressing for stage in reversed(list(nx.topological_sort(repo.index.graph)))]
+        position = {stage: i for i, stage in enumerate(repo.index.stages)}  # dvc.yaml order breaks ties
+        ordered = nx.lexicographical_topological_sort(repo.index.graph.reverse(), key=position.__getitem__)
+        return [stage.addressing for stage in ordered]
 
 
 def _tee(command: list[str], env: dict[str, str]) -> tuple[int, str]:

@@ -1,9 +1,12 @@
-"""`dvc repro` of the stages so far, in a fresh workspace: real DVC, a real Prefect server, a real MLflow store."""
+"""The whole pipeline in a fresh workspace, as a user runs it: `demonlab run` (DVC stages as Prefect tasks, MLflow
+parent + child runs), killed mid-stage and re-run, then nothing to do, then a `dvc exp run -S` variant."""
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -12,50 +15,101 @@ import pytest
 import yaml
 from workspace import project_workspace, run
 
+from components.demon.registry import categories
+from components.evaluation.inference import category_slug
+from components.servers import background
 
-@pytest.fixture
-def workspace(tmp_path: Path, prefect_api: str) -> tuple[Path, dict]:
-    return project_workspace(tmp_path, prefect_api)
+DEMONLAB = str(Path(sys.executable).with_name("demonlab"))
+DVC = [sys.executable, "-m", "dvc"]
+# every kind of stage at its smallest: a few scenes, two optimizer steps, one DEMON sample per task, one model
+# (VPG-C on synthetic data) on one task group holding every category
+SMALL = {"synth": {"limit": 24}, "train": {"max_steps": 2}, "evaluate": {"limit": 1, "batch_size": 8}}
+ALL_CATEGORIES = [category_slug(c) for c in categories()]
+GRAPH = {
+    "train": {"variants": {"synthetic": {}}},
+    "evaluate": {
+        "models": {"vpgc-synthetic": "data/checkpoints/vpgc-synthetic/final"},
+        "groups": {"all": ALL_CATEGORIES},
+    },
+}
 
 
-def test_dvc_repro_runs_the_stages_tracks_them_and_knows_what_is_stale(workspace):
-    ws, env = workspace
-    dvc = [sys.executable, "-m", "dvc"]
-    first = run([*dvc, "repro"], ws, env)
-    assert "Running stage 'acquire'" in first.stdout and "Running stage 'normalize'" in first.stdout
-
-    samples = pd.read_parquet(ws / "data/normalized/samples.parquet")
-    report = json.loads((ws / "data/normalized/report.json").read_text())
-    assert report["totals"]["input"] == 29 * 2 == report["totals"]["normalized"] + report["totals"]["quarantined"]
-    assert len(samples) == report["totals"]["normalized"] and samples["task"].nunique() == 29
-    metrics = json.loads((ws / "metrics/normalize.json").read_text())
-
-    # The same numbers in the DVC metrics file and in the stage's MLflow run.
+def stage_runs(env: dict) -> list:
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    runs = mlflow.search_runs(experiment_names=["demonlab"], output_format="list")
-    by_stage = {r.data.tags["demonlab.stage"]: r for r in runs}
-    assert set(by_stage) == {"acquire", "normalize", "baseline", "score-parity", "score-strict"}
-    normalize_run = by_stage["normalize"]
-    assert normalize_run.data.metrics["totals.normalized"] == metrics["totals"]["normalized"]
-    assert normalize_run.data.tags["prefect.flow_run_id"]  # each stage is a Prefect flow run
-    assert normalize_run.data.params["split"] == "core"
+    return mlflow.search_runs(experiment_names=["demonlab"], output_format="list")
 
-    # The chance baseline is scored by both scorers, every category filled, the same figures in both stores.
-    for scorer in ("parity", "strict"):
-        scores = json.loads((ws / f"metrics/score-chance-{scorer}.json").read_text())
-        assert len(scores["categories"]) == 7 and scores["errors"] == 0
-        logged = by_stage[f"score-{scorer}"].data.metrics
-        for category, value in scores["categories"].items():
-            assert logged[f"categories.{category}"] == pytest.approx(value)
-        summary = json.loads((ws / f"data/scores/chance/{scorer}/summary.json").read_text())
-        assert set(summary["tasks"]) == set(samples["task"])
 
-    again = run([*dvc, "repro"], ws, env)
+def kill_when(log: Path, text: str, process, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert process.poll() is None, f"the pipeline ended before {text!r}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} after {timeout} s"
+        time.sleep(0.5)
+
+
+def test_pipeline_survives_a_kill_tracks_everything_and_knows_what_is_stale(tmp_path: Path, prefect_api: str) -> None:
+    ws, env = project_workspace(tmp_path, prefect_api, SMALL)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    for section, values in GRAPH.items():
+        params[section].update(values)  # replaced, not merged: these maps define the stages
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**env, "DEMONLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+
+    # 1. killed while training: everything before it is done, the training stage is half-way
+    log = tmp_path / "first.log"
+    with background([DEMONLAB, "run"], log, env=env, cwd=ws) as first:
+        kill_when(log, "Running stage 'train@", first)
+        time.sleep(3)
+        first.send_signal(signal.SIGKILL)  # the pipeline flow; the `background` exit kills its process group
+    finished_before_kill = {r.data.tags["dvc.stage"] for r in stage_runs(env) if r.info.status == "FINISHED"}
+    assert {"acquire", "normalize", "captions", "align", "synth"} <= finished_before_kill
+
+    # 2. re-run: finishes, redoing none of the finished stages, nothing lost or duplicated
+    second = run([DEMONLAB, "run"], ws, env)
+    report = ws / "data/report/compare.md"
+    assert f"report: {report}" in second.stdout
+    runs = stage_runs(env)
+    finished = [
+        r.data.tags.get("dvc.stage") for r in runs if r.info.status == "FINISHED" and "dvc.stage" in r.data.tags
+    ]
+    for stage in finished_before_kill:
+        assert finished.count(stage) == 1, f"{stage} ran again after the kill"
+    stages = set(run([*DVC, "stage", "list", "--name-only"], ws, env).stdout.split())
+    assert set(finished) == stages  # every stage finished, each exactly once
+    assert len(stages) == 5 + 3 + 1 + 1 + 1 + 1  # data, captions/align/synth, train, evaluate, merge, report
+
+    # the ablation's report, and the same numbers in DVC metrics and in the stage's MLflow run
+    compare = json.loads((ws / "data/report/compare.json").read_text())
+    assert set(compare["scores"]["parity"]["categories"]) == {"vpgc-synthetic"}
+    samples = pd.read_parquet(ws / "data/normalized/samples.parquet")
+    merged = json.loads((ws / "data/eval/models/vpgc-synthetic/results.json").read_text())
+    assert merged["counts"]["samples"] == samples["task"].nunique() == 29  # limit 1 per task, all 29 tasks
+    metrics = json.loads((ws / "metrics/evaluate-vpgc-synthetic.json").read_text())
+    by_stage = {r.data.tags.get("dvc.stage"): r for r in runs}
+    logged = by_stage["merge@vpgc-synthetic"].data.metrics
+    for category, value in metrics["parity"]["categories"].items():
+        assert logged[f"parity.categories.{category}"] == pytest.approx(value)
+
+    # one parent per pipeline run; each stage run is a child carrying the DVC hashes of what it read and wrote
+    parents = [r for r in runs if r.data.tags["demonlab.stage"] == "pipeline"]
+    assert len(parents) == 2
+    train_run = by_stage["train@synthetic"]
+    assert train_run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id  # the second pipeline run (newest first)
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    synth_hash = next(o["md5"] for o in lock["synth"]["outs"] if o["path"] == "data/synth")
+    assert train_run.data.tags["dvc.in.data/synth"] == synth_hash
+    assert train_run.data.tags["dvc.out.data/checkpoints/vpgc-synthetic"].endswith(".dir")
+    model = mlflow.MlflowClient().get_model_version_by_alias("demonlab-tiny", "vpgc")
+    assert model.run_id == train_run.info.run_id  # the registered model is the synthetic variant's
+
+    # 3. nothing changed: nothing runs
+    again = run([*DVC, "repro"], ws, env)
     assert "Running stage" not in again.stdout
 
-    params = yaml.safe_load((ws / "params.yaml").read_text())
-    params["normalize"]["strict"] = True
-    (ws / "params.yaml").write_text(yaml.safe_dump(params))
-    changed = run([*dvc, "repro"], ws, env)
-    assert "Running stage 'normalize'" in changed.stdout and "Running stage 'acquire'" not in changed.stdout
-    assert "Running stage 'baseline'" not in changed.stdout  # normalize's output did not change
+    # 4. a variant: only the stages that depend on the changed parameter run, and it shows up in DVC and MLflow
+    variant = run([*DVC, "exp", "run", "-S", "baseline.seed=1", "-n", "seed-1"], ws, env)
+    ran = {line.split("'")[1] for line in variant.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"baseline", "score@parity", "score@strict"}
+    assert "seed-1" in run([*DVC, "exp", "show", "--csv"], ws, env).stdout
+    tagged = {r.data.tags.get("dvc.stage") for r in stage_runs(env) if r.data.tags.get("dvc.exp_name") == "seed-1"}
+    assert tagged == ran
