@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from evaluate_helpers import mini_normalized, tiny_experiment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from workspace import project_workspace, run
@@ -33,6 +34,9 @@ def test_evaluate_stage_reads_params_tracks_and_merges(tmp_path, prefect_api, mo
             },
         },
     )
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["evaluate"]["models"] = {"tiny": {"model": "experiments/tiny-test.yaml", "vpgc": "on"}}  # replaced
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(tiny_experiment(tmp_path), ws / "experiments" / "tiny-test.yaml")
     mini_normalized(tmp_path / "mini", per_task=2)
     shutil.copytree(tmp_path / "mini", ws / "data", dirs_exist_ok=True)

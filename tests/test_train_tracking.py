@@ -34,6 +34,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_cli_tracks_the_run_and_registers_a_loadable_model(synth, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DEMONLAB_WORKSPACE", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # the run is shorter than the default 2 s
     experiment = write_experiment(tmp_path / "exp.yaml")
     args = ["train", "--config", str(experiment), "--data", str(synth), "--register-as", "vpgc-test"]
     assert main([*args, "--stage", "align", "--out", str(tmp_path / "align")]) == 0
@@ -79,20 +80,20 @@ def test_flow_main_reads_params_yaml(synth, tmp_path, prefect_api):
         "heldout": 2, "align": stage(2, {"SynthCaption": 2}), "vpgc": stage(2, {"SynthDifference": 2})})  # fmt: skip
     params = {
         "experiment": "tiny-test",
-        "synth": {"out": str(synth)},
-        "train": {"align_out": "runs/align", "vpgc_out": "runs/vpgc", "max_steps": 1, "register_as": None},
+        "synth": {"captions": str(synth), "out": str(synth)},
+        "train": {"out": "runs", "max_steps": 1, "variants": {"synthetic": {}}, "register_as": None},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": prefect_api, "DEMONLAB_WORKSPACE": str(tmp_path)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    for stage_name in ("align", "vpgc"):
-        done = subprocess.run([sys.executable, "-m", "flows.train", stage_name], cwd=tmp_path, env=env,
+    for stage_args in (["align"], ["vpgc", "--variant", "synthetic"]):
+        done = subprocess.run([sys.executable, "-m", "flows.train", *stage_args], cwd=tmp_path, env=env,
                               capture_output=True, text=True)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
-    summary = yaml.safe_load((tmp_path / "runs/vpgc/summary.json").read_text())
+    summary = yaml.safe_load((tmp_path / "runs/vpgc-synthetic/summary.json").read_text())
     assert summary["steps"] == 1
-    assert (tmp_path / "metrics/train-vpgc.json").is_file()
+    assert (tmp_path / "metrics/train-vpgc-synthetic.json").is_file()
     # vpgc started from the align stage's output: its final checkpoint carries that VPG.
-    aligned = load_file(tmp_path / "runs/align/final" / WEIGHTS_FILE)
-    final = load_file(tmp_path / "runs/vpgc/final" / WEIGHTS_FILE)
+    aligned = load_file(tmp_path / "runs/backbone/final" / WEIGHTS_FILE)
+    final = load_file(tmp_path / "runs/vpgc-synthetic/final" / WEIGHTS_FILE)
     assert all(torch.equal(final[k], v) for k, v in aligned.items())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -384,11 +385,12 @@ def _train(
 
 
 @contextmanager
-def system_metrics(interval_s: float = 2.0) -> Iterator[None]:
-    """MLflow system metrics (CPU, memory, disk, network via psutil; GPUs via pynvml) for runs started inside."""
+def system_metrics() -> Iterator[None]:
+    """MLflow system metrics (CPU, memory, disk, network via psutil; GPUs via pynvml) for runs started inside,
+    sampled every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (MLflow's own setting; default 2 here)."""
     import mlflow
 
-    mlflow.set_system_metrics_sampling_interval(interval_s)
+    mlflow.set_system_metrics_sampling_interval(float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 2)))
     mlflow.set_system_metrics_samples_before_logging(1)
     mlflow.enable_system_metrics_logging()
     try:
