@@ -17,6 +17,15 @@ import yaml
 from components.errors import UserError
 
 
+def plain(value: Any) -> Any:
+    """Nested dicts/lists/tuples as plain YAML/JSON data (tuples become lists): a config dataclass's `to_dict`."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """`base` with `overrides` applied: mappings merge key by key, anything else is replaced."""
     merged = copy.deepcopy(dict(base))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.errors import UserError
+from components.experiment import plain
 
 EDIT_TYPES = ("modify", "swap", "delete", "add")
 SOURCE_KINDS = ("procedural", "folder", "webdataset")
@@ -144,7 +145,7 @@ class SynthConfig:
     filter: FilterConfig = FilterConfig()
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
 
 SECTIONS = {
@@ -155,14 +156,6 @@ SECTIONS = {
     "editor": EditorConfig,
     "filter": FilterConfig,
 }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _typed(cls: type, data: Any, where: str) -> Any:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from components.errors import UserError
+from components.experiment import plain
 
 FreezeMode = Literal["frozen", "trainable"]
 COMPONENTS = ("llm", "vision", "vpg", "vpgc")
@@ -118,18 +119,10 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for YAML/JSON (tuples become lists), the inverse of `model_config_from_dict`."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
