@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.demon.mini import BIRD_PART_POINTS, PALETTE, STAMP, build_mini_demon
+from components.demon.mini import BIRD_PART_POINTS, STAMP, build_mini_demon
 from components.demon.registry import Task, tasks
+from components.demon.vocabulary import PALETTE
 from components.errors import UserError
 
 PER_TASK = 8

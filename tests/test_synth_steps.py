@@ -27,7 +27,7 @@ from synth_helpers import (
     tiny_sam,
 )
 
-from components.demon.mini import PALETTE
+from components.demon.vocabulary import PALETTE
 from components.errors import UserError
 from components.experiment import load_experiment
 from components.synth.attention import VisionSide, to_grid

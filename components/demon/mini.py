@@ -15,7 +15,6 @@ makes a re-run with the same arguments a no-op.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -29,27 +28,13 @@ from tqdm import tqdm
 
 from components import atomic
 from components.demon.registry import Task, tasks
+from components.demon.vocabulary import COLORS, PALETTE, SHAPES, Color, draw_shape
 from components.errors import UserError
 
 VERSION = 1  # bump when the rendering or the generated text changes: invalidates existing stamps
 STAMP = "mini.json"
 JPEG_QUALITY = 90
 
-Color = tuple[int, int, int]
-# Saturated colours far apart in RGB, so JPEG artefacts never turn one into another; backgrounds are greys.
-PALETTE: dict[str, Color] = {
-    "red": (220, 40, 40),
-    "green": (40, 160, 70),
-    "blue": (40, 90, 220),
-    "yellow": (240, 200, 30),
-    "purple": (140, 60, 180),
-    "orange": (245, 130, 30),
-    "pink": (245, 120, 190),
-    "cyan": (40, 190, 210),
-    "brown": (125, 80, 40),
-}
-COLORS = tuple(PALETTE)
-SHAPES = ("circle", "square", "triangle", "diamond", "star")
 CELL_NAMES = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 SIDE = 160  # scene images are SIDE x SIDE; documents, slides and tables are wider
 BLACK: Color = (20, 20, 20)
@@ -101,41 +86,6 @@ def _radius(size: str, side: int = SIDE) -> float:
     return side / 7 if size == "large" else side / 12
 
 
-def _shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
-    if shape == "triangle":
-        return [(cx, cy - r), (cx + r * 0.95, cy + r * 0.8), (cx - r * 0.95, cy + r * 0.8)]
-    if shape == "diamond":
-        return [(cx, cy - r), (cx + r * 0.8, cy), (cx, cy + r), (cx - r * 0.8, cy)]
-    if shape == "star":
-        return [
-            (cx + (r if k % 2 == 0 else r * 0.45) * math.sin(k * math.pi / 5),
-             cy - (r if k % 2 == 0 else r * 0.45) * math.cos(k * math.pi / 5))
-            for k in range(10)
-        ]  # fmt: skip
-    if shape == "hexagon":
-        return [(cx + r * math.cos(k * math.pi / 3), cy + r * math.sin(k * math.pi / 3)) for k in range(6)]
-    raise ValueError(f"unknown shape {shape!r}")
-
-
-def _draw_shape(
-    draw: ImageDraw.ImageDraw,
-    shape: str,
-    center: tuple[float, float],
-    r: float,
-    fill: Color | None,
-    outline: Color | None = None,
-    width: int = 3,
-) -> None:
-    cx, cy = center
-    if shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=outline, width=width)
-    elif shape == "square":
-        s = r * 0.85
-        draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill, outline=outline, width=width)
-    else:
-        draw.polygon(_shape_points(shape, cx, cy, r), fill=fill, outline=outline, width=width)
-
-
 def _scene(
     objs: Sequence[Obj],
     bg: Color = (215, 215, 215),
@@ -149,10 +99,10 @@ def _scene(
         cx, cy = _cell_center(obj.cell, *size)
         r = _radius(obj.size, min(size))
         if labels is None:
-            _draw_shape(draw, obj.shape, (cx, cy), r, PALETTE[obj.color])
+            draw_shape(draw, obj.shape, (cx, cy), r, PALETTE[obj.color])
             continue
         # Labelled: a smaller shape raised in its cell, the label under it, both inside the cell.
-        _draw_shape(draw, obj.shape, (cx, cy - 7), r * 0.8, PALETTE[obj.color])
+        draw_shape(draw, obj.shape, (cx, cy - 7), r * 0.8, PALETTE[obj.color])
         if labels[i]:
             draw.text((cx, cy - 6 + r * 0.8), labels[i], fill=BLACK, font=_font(10), anchor="mt")
     return im
@@ -298,9 +248,9 @@ def _alfred_view(item: Obj, target: Obj, agent_cell: int, holding: bool) -> Imag
     draw = ImageDraw.Draw(im)
     ax, ay = _cell_center(agent_cell)
     ay += 20
-    _draw_shape(draw, "triangle", (ax, ay), 8, BLACK)
+    draw_shape(draw, "triangle", (ax, ay), 8, BLACK)
     if holding:
-        _draw_shape(draw, item.shape, (ax + 14, ay), 7, PALETTE[item.color])
+        draw_shape(draw, item.shape, (ax + 14, ay), 7, PALETTE[item.color])
     return im
 
 
@@ -605,7 +555,7 @@ def _walker(obj: Obj, slot: int) -> Image.Image:
     im = Image.new("RGB", (SIDE, SIDE), (250, 245, 225))
     draw = ImageDraw.Draw(im)
     draw.rectangle((0, 118, SIDE, SIDE), fill=(150, 200, 120))
-    _draw_shape(draw, obj.shape, (18 + slot * 25, 100), 14, PALETTE[obj.color])
+    draw_shape(draw, obj.shape, (18 + slot * 25, 100), 14, PALETTE[obj.color])
     draw.rectangle((0, 0, SIDE - 1, SIDE - 1), outline=BLACK, width=4)
     return im
 
@@ -646,11 +596,11 @@ def _recipe_image(step: int, shape: str, color: str, variant: int = 0) -> Image.
         draw.ellipse((cx - 55, cy - 30, cx + 55, cy + 45), fill=(235, 235, 240), outline=(90, 90, 90), width=3)
         draw.ellipse((cx - 30, cy - 12, cx + 30, cy + 25), fill=(245, 225, 180))
     elif step == 1:
-        _draw_shape(draw, shape, (cx, cy), 45, (245, 225, 180), outline=(90, 60, 30), width=3)
+        draw_shape(draw, shape, (cx, cy), 45, (245, 225, 180), outline=(90, 60, 30), width=3)
     else:
         if step == 3:
             draw.rectangle((cx - 62, cy - 62, cx + 62, cy + 62), fill=(170, 170, 175))
-        _draw_shape(draw, shape, (cx, cy), 45, PALETTE[color], outline=(90, 60, 30), width=3)
+        draw_shape(draw, shape, (cx, cy), 45, PALETTE[color], outline=(90, 60, 30), width=3)
     return im
 
 
@@ -978,7 +928,7 @@ TRUE_FALSE = ["True", "False"]
 def _workpiece(kind: str, damage: str, rng: random.Random) -> Image.Image:
     im = Image.new("RGB", (SIDE, SIDE), (50, 50, 55))
     draw = ImageDraw.Draw(im)
-    _draw_shape(draw, kind, (80, 80), 60, (165, 165, 170))
+    draw_shape(draw, kind, (80, 80), 60, (165, 165, 170))
     x, y = rng.randint(55, 95), rng.randint(55, 95)
     if damage == "scratch":
         draw.line((x - 25, y - 10, x + 25, y + 10), fill=(70, 70, 75), width=3)
@@ -1088,7 +1038,7 @@ def _state_image(shape: str, color: str, state: str) -> Image.Image:
     draw = ImageDraw.Draw(im)
     r = {"large": 68, "small": 24}.get(state, 46)
     fill = None if state == "empty" else PALETTE[color]
-    _draw_shape(draw, shape, (80, 80), r, fill, outline=PALETTE[color] if fill is None else None, width=5)
+    draw_shape(draw, shape, (80, 80), r, fill, outline=PALETTE[color] if fill is None else None, width=5)
     if state == "broken":  # a background-coloured zigzag crack splitting the object
         draw.line([(20 + 15 * k, 80 + (10 if k % 2 else -10)) for k in range(9)], fill=(235, 235, 230), width=7)
     return im

@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from components.demon.mini import CELL_NAMES, PALETTE
+from components.demon.mini import CELL_NAMES
+from components.demon.vocabulary import PALETTE
 from components.synth.config import EditorConfig
 from components.synth.planner import EditPlan, Options
 from components.synth.regions import Region, background, free_places

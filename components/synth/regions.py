@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from components.demon.mini import CELL_NAMES, PALETTE
+from components.demon.mini import CELL_NAMES
+from components.demon.vocabulary import PALETTE
 from components.synth.config import SegmenterConfig, SelectionConfig
 from components.synth.scenes import Obj, object_mask
 from components.synth.sources import Item, Skip

@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw
 
-from components.demon.mini import CELL_NAMES, COLORS, PALETTE, SHAPES, Obj, _cell_center, _draw_shape, _objs, _radius
+from components.demon.mini import CELL_NAMES, Obj, _cell_center, _objs, _radius
+from components.demon.vocabulary import COLORS, PALETTE, SHAPES, draw_shape
 
 BACKGROUNDS: tuple[tuple[int, int, int], ...] = ((215, 215, 215), (165, 165, 165), (235, 225, 205), (205, 220, 235))
 CAPTION_OPENINGS = ("A picture of", "An image with", "A scene showing", "A plain background with")
@@ -53,7 +54,7 @@ def random_scene(rng: random.Random, objects: tuple[int, int], size: int) -> Sce
 def object_mask(obj: Obj, size: int) -> np.ndarray:
     """(size, size) bool: exactly the pixels `render` paints for `obj` (same drawing call, no antialiasing)."""
     canvas = Image.new("L", (size, size), 0)
-    _draw_shape(ImageDraw.Draw(canvas), obj.shape, _cell_center(obj.cell, size, size), _radius(obj.size, size), 255)
+    draw_shape(ImageDraw.Draw(canvas), obj.shape, _cell_center(obj.cell, size, size), _radius(obj.size, size), 255)
     return np.asarray(canvas) > 0
 
 
@@ -62,7 +63,7 @@ def render(scene: Scene) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
         center = _cell_center(obj.cell, scene.size, scene.size)
-        _draw_shape(draw, obj.shape, center, _radius(obj.size, scene.size), PALETTE[obj.color])
+        draw_shape(draw, obj.shape, center, _radius(obj.size, scene.size), PALETTE[obj.color])
     return image
 
 
