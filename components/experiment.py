@@ -1,6 +1,9 @@
 """Experiment configs (`experiments/<name>.yaml`): one file, one section per concern (`model`, `synth`, `train`,
 `eval`), with overrides from `params.yaml` merged on top so `dvc exp run -S` can vary any setting.
 
+Merge rule (`deep_merge`): sections merge key by key, but a mapping that is one value (a data mix, an edit-type
+table: `REPLACED_KEYS`) or a component spec switched to another `kind` is replaced whole by its override.
+
 Each package validates its own section (unknown keys are errors there); this module only reads and merges.
 """
 
@@ -26,12 +29,28 @@ def plain(value: Any) -> Any:
     return value
 
 
+# Mappings that are one value, not a section of settings: an override states the whole value. A data mix or an
+# edit-type table lists what to use (a key left out means "none of it"), so merging `{SynthCaption: 8}` into
+# `{SynthDifference: 4, SynthCaption: 4}` would silently keep the synthetic pairs in a captions-only variant.
+REPLACED_KEYS = frozenset({"mix", "edit_types"})
+
+
+def _replaces(key: str, base: Any, override: Mapping[str, Any]) -> bool:
+    """Whether `override` replaces `base` whole instead of merging into it: a value mapping (`REPLACED_KEYS`), or
+    a component spec switched to another `kind` (a folder source must not inherit the procedural one's keys)."""
+    if key in REPLACED_KEYS:
+        return True
+    return isinstance(base, Mapping) and "kind" in override and override.get("kind") != base.get("kind")
+
+
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` with `overrides` applied: mappings merge key by key, anything else is replaced."""
+    """`base` with `overrides` applied: sections merge key by key; anything else, and the mappings `_replaces`
+    names, is replaced whole."""
     merged = copy.deepcopy(dict(base))
     for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
+        current = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping) and not _replaces(key, current, value):
+            merged[key] = deep_merge(current, value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged

@@ -20,6 +20,7 @@ from components.cli import main
 from components.errors import UserError
 from components.tracking.models import download_checkpoint
 from components.tracking.runs import configure
+from components.training.recipe import train
 from components.vpgc.checkpoints import CONFIG_FILE, WEIGHTS_FILE
 from components.vpgc.model import VPGCModel
 
@@ -97,3 +98,26 @@ def test_flow_main_reads_params_yaml(synth, tmp_path, prefect_api):
     aligned = load_file(tmp_path / "runs/backbone/final" / WEIGHTS_FILE)
     final = load_file(tmp_path / "runs/vpgc-synthetic/final" / WEIGHTS_FILE)
     assert all(torch.equal(final[k], v) for k, v in aligned.items())
+
+
+def test_captions_variant_trains_on_captions_only(synth, tmp_path, monkeypatch):
+    """The ablation's captions-only variant: its override *replaces* the experiment's mix (a merge kept the
+    synthetic pairs), which the loader's yield, the held-out set and MLflow's `train.mix` all show."""
+    monkeypatch.setenv("DEMONLAB_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    experiment = write_experiment(tmp_path / "exp.yaml")  # vpgc mix: SynthDifference 2 + SynthCaption 2
+    configure()
+    variants = {"synthetic": {}, "captions": {"mix": {"SynthCaption": 4}}}
+    seen, params = {}, {}
+    for name, variant in variants.items():
+        with mlflow.start_run() as run:
+            result = train(experiment, "vpgc", synth, tmp_path / name, max_steps=2,
+                           overrides={"train": {"vpgc": variant}})  # fmt: skip
+        seen[name] = result.samples_seen
+        params[name] = MlflowClient().get_run(run.info.run_id).data.params
+    assert seen == {"synthetic": {"SynthCaption": 4, "SynthDifference": 4}, "captions": {"SynthCaption": 8}}
+    assert params["captions"]["train.mix"] == "{'SynthCaption': 4}"
+    # held-out samples come from the variant's own tasks: heldout (2) per task of its mix
+    assert params["captions"]["train.data_sizes"] == "{'SynthCaption': 10, 'heldout': 2}"
+    assert params["synthetic"]["train.data_sizes"] == "{'SynthDifference': 10, 'SynthCaption': 10, 'heldout': 4}"
+    mlflow.set_tracking_uri(None)

@@ -24,6 +24,7 @@ import dataclasses
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class TrainResult:
     seconds: float
     samples_per_s: float
     resumed_from: int | None = None
+    samples_seen: dict[str, int] = dataclasses.field(default_factory=dict)  # per task, the steps run here
     run_id: str | None = None
     model_uri: str | None = None
 
@@ -289,10 +291,13 @@ def _train(
 
     # ---- 6. the loop
     began = time.perf_counter()
+    seen: Counter[str] = Counter()  # what the loader yielded, per task: the mix as trained, not as configured
     progress = tqdm(range(start, steps), desc=f"train {stage}", disable=not context.is_main, unit="step")
     for step in progress:
         tick = time.perf_counter()
-        examples = data.global_batch(step)[context.rank * per_rank : (context.rank + 1) * per_rank]
+        batch = data.global_batch(step)
+        seen.update(example.task for example in batch)
+        examples = batch[context.rank * per_rank : (context.rank + 1) * per_rank]
         layouts = model.layouts([e.conversation for e in examples], [e.target for e in examples])
         global_tokens = float(context.sum(torch.tensor(float(sum(len(x.target_ids) for x in layouts)))))
         micro = list(chunks(range(len(examples)), stage_settings.micro_batch))
@@ -367,6 +372,7 @@ def _train(
         seconds=elapsed,
         samples_per_s=trained * data.global_batch_size / elapsed if elapsed > 0 else 0.0,
         resumed_from=resumed_from,
+        samples_seen=dict(sorted(seen.items())),
         run_id=mlflow.active_run().info.run_id if to_mlflow else None,
     )
     if context.is_main:
@@ -374,6 +380,7 @@ def _train(
         figure = plot_losses(history, heldout_before, heldout_after, steps, out / "loss_curve.png")
         if to_mlflow:
             mlflow.log_metric("heldout_loss", heldout_after, step=steps)
+            mlflow.log_metrics({f"samples_seen.{task}": float(n) for task, n in result.samples_seen.items()})
             mlflow.log_artifact(str(figure))
             if register_as:
                 from components.tracking.models import log_checkpoint_model
