@@ -13,7 +13,8 @@ params.yaml keys read:
   evaluate.batch_size        overrides eval.batch_size
   evaluate.groups.<GROUP>    the categories of a task group (one DVC stage per model and group)
   evaluate.models.<NAME>     the model spec: a string (experiment config, checkpoint folder, models:/name@alias,
-                             hf:<id>) or {model: <spec>, vpgc: on|off}
+                             hf:<id>) or {model: <spec>, vpgc: on|off, blind: true|false}; blind = the model's
+                             blind control (images replaced by blank ones of the same size)
 """
 
 from __future__ import annotations
@@ -70,13 +71,15 @@ def evaluate_model(
     group: str | None = None,
     categories: list[str] | None = None,
     vpgc: bool | None = None,
+    blind: bool = False,
     overrides: dict | None = None,
     metrics: str | None = None,
 ) -> dict:
     """Evaluate `model` on the samples of `data` (only `categories` when given; `group` names them) into the
-    bundle `out`; `overrides` are merged into the experiment document (e.g. `{"eval": {"limit": 2}}`)."""
+    bundle `out`; `blind` withholds the images (the blind control); `overrides` are merged into the experiment
+    document (e.g. `{"eval": {"limit": 2}}`)."""
     params = {"model": model, "data": data, "out": out, "experiment": experiment, "group": group,
-              "categories": categories, "vpgc": vpgc}  # fmt: skip
+              "categories": categories, "vpgc": vpgc, "blind": blind}  # fmt: skip
     with tracked_stage("evaluate", {**params, "overrides": overrides or {}}, experiment=experiment):
         document = load_experiment(experiment, overrides) if experiment else dict(overrides or {})
         settings = load_eval_settings(document, experiment or "overrides")
@@ -87,6 +90,7 @@ def evaluate_model(
             settings,
             categories=categories,
             vpgc=vpgc,
+            blind=blind,
             experiment=experiment,
         )
         _log_bundle(Path(out), results, metrics)
@@ -112,20 +116,24 @@ def compare_evaluations(bundles: dict[str, str], out: str) -> dict:
     return record
 
 
-def model_spec(p: dict, name: str) -> tuple[str, bool | None]:
-    """(spec, vpgc switch) of `evaluate.models.<name>` in params.yaml."""
+def model_spec(p: dict, name: str) -> tuple[str, bool | None, bool]:
+    """(spec, VPG-C switch, blind) of `evaluate.models.<name>` in params.yaml."""
     models = p.get("evaluate", {}).get("models") or {}
     if name not in models:
         raise UserError(f"params.yaml: no evaluate.models.{name}; known: {sorted(models)}")
     entry = models[name]
     if isinstance(entry, str):
-        return entry, None
-    if isinstance(entry, dict) and isinstance(entry.get("model"), str) and set(entry) <= {"model", "vpgc"}:
-        vpgc = entry.get("vpgc")
+        return entry, None, False
+    if isinstance(entry, dict) and isinstance(entry.get("model"), str) and set(entry) <= {"model", "vpgc", "blind"}:
+        vpgc, blind = entry.get("vpgc"), entry.get("blind", False)
         if vpgc not in (None, "on", "off", True, False):
             raise UserError(f"params.yaml: evaluate.models.{name}.vpgc must be on or off, not {vpgc!r}")
-        return entry["model"], None if vpgc is None else vpgc in ("on", True)
-    raise UserError(f"params.yaml: evaluate.models.{name} must be a spec string or {{model: SPEC, vpgc: on|off}}")
+        if not isinstance(blind, bool):
+            raise UserError(f"params.yaml: evaluate.models.{name}.blind must be true or false, not {blind!r}")
+        return entry["model"], None if vpgc is None else vpgc in ("on", True), blind
+    raise UserError(
+        f"params.yaml: evaluate.models.{name} must be a spec string or {{model: SPEC, vpgc: on|off, blind: bool}}"
+    )
 
 
 def main() -> None:
@@ -148,7 +156,7 @@ def main() -> None:
         found = [str(g) for g in groups if (g / "results.json").is_file()]
         merge_evaluations(found, str(out / "models" / args.model_name), f"metrics/evaluate-{args.model_name}.json")
     else:
-        spec, vpgc = model_spec(p, args.model_name)
+        spec, vpgc, blind = model_spec(p, args.model_name)
         groups = section.get("groups") or {}
         if args.group not in groups:
             raise UserError(f"params.yaml: evaluate.groups has no {args.group!r}; known: {sorted(groups)}")
@@ -161,6 +169,7 @@ def main() -> None:
             group=args.group,
             categories=list(groups[args.group]),
             vpgc=vpgc,
+            blind=blind,
             overrides=overrides,
             metrics=f"metrics/evaluate/{args.model_name}-{args.group}.json",
         )

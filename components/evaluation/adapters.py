@@ -14,8 +14,12 @@ Model specs (`load_adapter`):
   load. Families that interleave images and text get the prompt interleaved; the others get the DEMON paper's
   fallback for such models: all images first, and `[Image k]` markers where the text referred to them.
 
-`fingerprint` identifies what the model computes (its config + a hash of every weight), so cached responses are
-reused exactly when the same model answers the same prompt with the same settings.
+`fingerprint` identifies what the model computes (its config + a hash of every weight + whether it is blind), so
+cached responses are reused exactly when the same model answers the same prompt with the same settings.
+
+A blind adapter (`blind=True`) is the control of an ablation: the same model with every image replaced by a blank
+grey image of the same size, so the prompt and its token count are unchanged and only the pixels are withheld.
+What a model scores above its blind control is what it got from the images.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from components.vpgc.generation import GenerationSettings
 HF_PREFIX = "hf:"
 MLFLOW_PREFIXES = ("models:/", "runs:/")
 HF_DEFAULT_MAX_NEW_TOKENS = 300  # the release's limit
+BLANK_GREY = (128, 128, 128)  # a blind control's images: mid-grey, ~0 after the usual mean-0.5 normalisation
 # model_type of HF families whose chat templates and training put images anywhere in the text. Others (LLaVA-1.5,
 # LLaVA-NeXT, BLIP-2, ...) were trained with images before the text and get the images-first fallback.
 INTERLEAVING_FAMILIES = frozenset(
@@ -102,22 +107,32 @@ class ModelAdapter(ABC):
     default_max_new_tokens: int
     interleaved: bool = True
 
-    def __init__(self, spec: str, config: dict[str, Any], module: nn.Module) -> None:
+    def __init__(self, spec: str, config: dict[str, Any], module: nn.Module, blind: bool = False) -> None:
         self.spec = spec
         self.config = config  # JSON-able: what the model is, beyond its weights
+        self.blind = blind
         self._module = module
         self._fingerprint: str | None = None
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the adapter kind, the config and the weights (computed once)."""
+        """sha256 of the adapter kind, the config, blindness and the weights (computed once)."""
         if self._fingerprint is None:
-            head = json.dumps({"kind": self.kind, "config": self.config}, sort_keys=True, default=str)
+            head = json.dumps({"kind": self.kind, "config": self.config, "blind": self.blind}, sort_keys=True,
+                              default=str)  # fmt: skip
             self._fingerprint = hashlib.sha256(f"{head}|{weights_sha256(self._module)}".encode()).hexdigest()
         return self._fingerprint
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "spec": self.spec, "fingerprint": self.fingerprint, "config": self.config}
+        return {"kind": self.kind, "spec": self.spec, "fingerprint": self.fingerprint, "blind": self.blind,
+                "config": self.config}  # fmt: skip
+
+    def images(self, request: Request) -> list[Any]:
+        """The request's images as RGB PIL images in prompt order; blank ones of the same sizes when blind."""
+        from PIL import Image
+
+        images = [open_rgb(path) for path in request.image_paths()]
+        return [Image.new("RGB", image.size, BLANK_GREY) for image in images] if self.blind else images
 
     @property
     def device(self) -> torch.device:
@@ -154,8 +169,8 @@ class VPGCAdapter(ModelAdapter):
 
     kind = "vpgc"
 
-    def __init__(self, spec: str, model: Any) -> None:
-        super().__init__(spec, model.config.replace(vpgc_enabled=model.vpgc_enabled).to_dict(), model)
+    def __init__(self, spec: str, model: Any, blind: bool = False) -> None:
+        super().__init__(spec, model.config.replace(vpgc_enabled=model.vpgc_enabled).to_dict(), model, blind)
         self.model = model
         self.default_max_new_tokens = model.config.prompt.max_new_tokens
         self.stop = tuple(model.config.prompt.stop)
@@ -172,7 +187,7 @@ class VPGCAdapter(ModelAdapter):
     def load(self, encoded: Encoded) -> Loaded:
         processor = self.model.image_processor
         size = self.model.config.vision.image_size
-        pixels = [processor(open_rgb(path)) for path in encoded.request.image_paths()]
+        pixels = [processor(image) for image in self.images(encoded.request)]
         return Loaded(encoded, torch.stack(pixels) if pixels else torch.zeros(0, 3, size, size))
 
     @torch.inference_mode()
@@ -222,7 +237,7 @@ class HFAdapter(ModelAdapter):
     kind = "hf"
     default_max_new_tokens = HF_DEFAULT_MAX_NEW_TOKENS
 
-    def __init__(self, spec: str, model: Any, processor: Any, placement: str = "auto") -> None:
+    def __init__(self, spec: str, model: Any, processor: Any, placement: str = "auto", blind: bool = False) -> None:
         family = model.config.model_type
         interleaved = family in INTERLEAVING_FAMILIES if placement == "auto" else placement == "interleaved"
         if getattr(processor, "chat_template", None) is None:
@@ -232,7 +247,7 @@ class HFAdapter(ModelAdapter):
             "chat_template": processor.chat_template,
             "interleaved": interleaved,
         }
-        super().__init__(spec, config, model)
+        super().__init__(spec, config, model, blind)
         self.model, self.processor, self.family, self.interleaved = model, processor, family, interleaved
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"  # generation: every prompt ends at the last position
@@ -240,7 +255,7 @@ class HFAdapter(ModelAdapter):
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
     @classmethod
-    def from_pretrained(cls, spec: str, device: str = "cpu", placement: str = "auto") -> HFAdapter:
+    def from_pretrained(cls, spec: str, device: str = "cpu", placement: str = "auto", blind: bool = False) -> HFAdapter:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         source = spec.removeprefix(HF_PREFIX)
@@ -253,7 +268,7 @@ class HFAdapter(ModelAdapter):
                 "id that is downloaded (HF_HUB_OFFLINE=1 allows only cached ones) or a folder saved with "
                 "save_pretrained holding both the processor and the model"
             ) from None
-        return cls(spec, model.to(device).eval(), processor, placement)
+        return cls(spec, model.to(device).eval(), processor, placement, blind)
 
     def encode(self, request: Request) -> Encoded:
         content, images = render_hf_content(request.parts, self.interleaved)
@@ -265,7 +280,7 @@ class HFAdapter(ModelAdapter):
         return Encoded(request, length, text)
 
     def load(self, encoded: Encoded) -> Loaded:
-        return Loaded(encoded, [open_rgb(path) for path in encoded.request.image_paths()])
+        return Loaded(encoded, self.images(encoded.request))
 
     @torch.inference_mode()
     def generate(self, batch: Sequence[Loaded], settings: GenerationSettings) -> list[str]:
@@ -300,13 +315,14 @@ def _is_checkpoint(path: Path) -> bool:
 
 
 def load_adapter(
-    spec: str, vpgc: bool | None = None, device: str = "cpu", image_placement: str = "auto"
+    spec: str, vpgc: bool | None = None, device: str = "cpu", image_placement: str = "auto", blind: bool = False
 ) -> ModelAdapter:
-    """The model a spec names (see the module docstring); `vpgc` switches VPG-C on or off (None: as configured)."""
+    """The model a spec names (see the module docstring); `vpgc` switches VPG-C on or off (None: as configured);
+    `blind` withholds the images (the blind control)."""
     if spec.startswith(HF_PREFIX):
         if vpgc is not None:
             raise UserError(f"{spec}: --vpgc applies to VPG-C models only; leave it out for Hugging Face models")
-        return HFAdapter.from_pretrained(spec, device, image_placement)
+        return HFAdapter.from_pretrained(spec, device, image_placement, blind)
     from components.vpgc.config import load_config
     from components.vpgc.model import VPGCModel
 
@@ -319,16 +335,16 @@ def load_adapter(
 
         mlflow.set_tracking_uri(tracking_uri())  # the workspace's store unless MLFLOW_TRACKING_URI names another
         directory = Path(download_checkpoint(spec))
-        return VPGCAdapter(spec, VPGCModel.from_checkpoint(directory, device=device, **changes).eval())
+        return VPGCAdapter(spec, VPGCModel.from_checkpoint(directory, device=device, **changes).eval(), blind)
     path = Path(spec)
     if path.is_dir():
         if _is_checkpoint(path):
-            return VPGCAdapter(spec, VPGCModel.from_checkpoint(path, device=device, **changes).eval())
+            return VPGCAdapter(spec, VPGCModel.from_checkpoint(path, device=device, **changes).eval(), blind)
         if (path / "config.json").is_file():
             raise UserError(f"{spec} looks like a Hugging Face model folder; pass it as hf:{spec}")
         raise UserError(f"{spec}: no weights.safetensors + config.yaml in this folder; {UNKNOWN_SPEC_HELP}")
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         config = load_config(path)
         model = VPGCModel.from_config(config.replace(**changes) if changes else config, device=device)
-        return VPGCAdapter(spec, model.eval())
+        return VPGCAdapter(spec, model.eval(), blind)
     raise UserError(f"model {spec!r} not found; {UNKNOWN_SPEC_HELP}")

@@ -96,6 +96,11 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--categories", type=_csv, help="comma-separated categories, names or slugs")
     parser.add_argument("--limit", type=int, help="at most N samples per task (the first by sample_id)")
     parser.add_argument("--vpgc", type=_on_off, metavar="on|off", help="on|off: switch VPG-C (off = backbone only)")
+    parser.add_argument(
+        "--blind",
+        action="store_true",
+        help="the blind control: every image replaced by a blank one of the same size (same prompt, no pixels)",
+    )
     parser.add_argument("--batch-size", type=int, help="samples per generate call (default: eval.batch_size)")
     parser.add_argument(
         "--decoding",
@@ -169,6 +174,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         tasks=args.tasks,
         categories=args.categories,
         vpgc=args.vpgc,
+        blind=args.blind,
         device=args.device,
         cache_path=args.cache,
         compare_runs=args.compare_run,

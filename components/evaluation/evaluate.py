@@ -51,6 +51,7 @@ def evaluate(
     tasks: Sequence[str] | None = None,
     categories: Sequence[str] | None = None,
     vpgc: bool | None = None,
+    blind: bool = False,
     device: str | None = None,
     cache_path: Path | None = None,
     compare_runs: Sequence[str] = (),
@@ -60,9 +61,9 @@ def evaluate(
 ) -> dict | None:
     """Answer the selected samples of `data` (a normalized DEMON folder) and write the bundle to `out`.
 
-    `model`: a spec (`adapters.load_adapter`) or a ready adapter. `cache_path`: the response cache (default
-    `cache.default_cache_path()`; `settings.cache = False` disables it). Returns results.json's content on rank 0,
-    None on the other ranks.
+    `model`: a spec (`adapters.load_adapter`) or a ready adapter. `blind`: withhold a spec's images (the blind
+    control). `cache_path`: the response cache (default `cache.default_cache_path()`; `settings.cache = False`
+    disables it). Returns results.json's content on rank 0, None on the other ranks.
     """
     from components.evaluation.bundle_report import run_scores
     from components.tracking.runs import git_commit
@@ -79,7 +80,7 @@ def evaluate(
         # Components a config leaves random (tiny's VPG before alignment) are drawn from the eval seed, so every
         # run and every rank builds the same model (and the cache recognises it).
         torch.manual_seed(settings.seed)
-        adapter = load_adapter(model, vpgc=vpgc, device=device, image_placement=settings.image_placement)
+        adapter = load_adapter(model, vpgc=vpgc, device=device, image_placement=settings.image_placement, blind=blind)
     loaded = time.perf_counter()
     cache = ResponseCache((cache_path or default_cache_path()) if settings.cache else None)
     requests = build_requests(selected, image_root)
