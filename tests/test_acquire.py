@@ -201,13 +201,17 @@ def test_full_split_and_local_archive(drive_tree: Path, tmp_path: Path) -> None:
         fetch(f"{archive}#sha256={'f' * 64}", tmp_path / "bad", progress=False)
 
 
-def test_a_damaged_task_is_skipped_and_reported(tmp_path: Path) -> None:
+def test_a_damaged_task_is_installed_for_normalize_to_judge(tmp_path: Path) -> None:
     write_task(tmp_path / "src" / "TQA", "TQA")
     write_task(tmp_path / "src" / "VIST", "VIST")
     (tmp_path / "src" / "VIST" / "core" / "core.json").write_text('{"data": [')
     manifest = fetch(str(tmp_path / "src"), tmp_path / "raw", tasks=["TQA", "VIST"], progress=False)
-    assert_installed(tmp_path / "raw", {"TQA"})
-    assert manifest["last_fetch"]["missing"]["VIST"].startswith("VIST/core/core.json is not valid JSON")
+    assert (tmp_path / "raw" / "VIST" / "core" / "core.json").read_text() == '{"data": ['
+    assert manifest["last_fetch"]["installed"] == ["TQA", "VIST"] and manifest["last_fetch"]["missing"] == {}
+    vist = manifest["tasks"]["VIST"]["splits"]["core"]
+    assert vist["error"].startswith("VIST/core/core.json is not valid JSON") and vist["samples"] == 0
+    assert manifest["tasks"]["TQA"]["splits"]["core"]["error"] is None
+    assert "1 with a task file normalize will reject: VIST" in manifest["last_fetch"]["message"]
 
 
 def test_one_fetch_at_a_time_per_destination(drive_tree: Path, tmp_path: Path) -> None:
@@ -683,6 +687,59 @@ def test_links_inside_the_archive_are_fine(tmp_path: Path) -> None:
         info = tarfile.TarInfo("TQA/core/images/alias.png")
         info.type, info.linkname = tarfile.SYMTYPE, "0.png"
         tar.addfile(info)
-    out = expand(archive, tmp_path / "out", progress=False)
-    assert out == tmp_path / "out" / "TQA"
+    out, top = expand(archive, tmp_path / "out", progress=False)
+    assert (out, top) == (tmp_path / "out" / "TQA", tmp_path / "out")  # hoisted: TQA/ is the archive's own entry
     assert (out / "core" / "images" / "alias.png").read_bytes() == (out / "core" / "images" / "0.png").read_bytes()
+
+
+def test_zip_symlinks_become_links_and_chains_that_escape_are_refused(tmp_path: Path) -> None:
+    good = ("TQA/core/core.json", b'{"data": []}')
+    archive = _zip_symlink(tmp_path / "TQA.zip", good, "TQA/core/alias.json", "core.json")
+    out, _top = expand(archive, tmp_path / "out", progress=False)
+    assert os.readlink(out / "core" / "alias.json") == "core.json", "a zip symlink entry is a link, as in tar"
+
+    # Each target is lexically inside, but through `b -> .` the chain `b/b/../..` climbs out of the folder.
+    chain = tmp_path / "chain.zip"
+    with zipfile.ZipFile(chain, "w") as zf:
+        zf.writestr(*good)
+        for name, target in (("TQA/b", "."), ("TQA/a", "b/b/../..")):
+            info = zipfile.ZipInfo(name)
+            info.create_system, info.external_attr = 3, (0o120777 << 16)
+            zf.writestr(info, target)
+    box = tmp_path / "box"
+    with pytest.raises(UnsafeArchiveError, match=re.escape("entry 'TQA/a' is a symlink that resolves outside")):
+        expand(chain, box, progress=False)
+    assert list(box.iterdir()) == []
+
+
+def test_links_keep_their_meaning_or_are_refused_at_install(tmp_path: Path) -> None:
+    """A local source: links inside the split stay (absolute ones made relative), others are refused and listed."""
+    src = tmp_path / "src"
+    write_task(src / "TQA", "TQA")
+    images = src / "TQA" / "core" / "images"
+    (src / "secret.png").write_bytes(_png((0, 0, 0)))
+    os.symlink("0.png", images / "alias.png")
+    os.symlink(images / "1.png", images / "absolute.png")
+    os.symlink("../../../secret.png", images / "out.png")
+    os.symlink("gone.png", images / "dangling.png")
+    os.symlink(src, images / "tree")  # a folder link: refused whole, never walked
+
+    manifest = fetch(str(src), tmp_path / "raw", tasks=["TQA"], progress=False)
+    installed = tmp_path / "raw" / "TQA" / "core" / "images"
+    assert os.readlink(installed / "alias.png") == "0.png"
+    assert os.readlink(installed / "absolute.png") == "1.png"
+    assert os.readlink(installed / "dangling.png") == "gone.png", "a dangling link means the same: normalize judges it"
+    assert not os.path.lexists(installed / "out.png") and not os.path.lexists(installed / "tree")
+    refused = {e["path"]: e for e in manifest["tasks"]["TQA"]["splits"]["core"]["not_installed"]}
+    assert sorted(refused) == ["images/out.png", "images/tree"]
+    assert refused["images/out.png"]["entry"] == "TQA/core/images/out.png"
+    assert refused["images/out.png"]["link"] == "../../../secret.png"
+    assert "resolves outside its task split" in refused["images/out.png"]["reason"]
+    assert os.path.islink(images / "out.png"), "the source is left as it was"
+
+
+def test_names_that_are_not_utf8_reach_the_manifest_readably(tmp_path: Path) -> None:
+    write_task(tmp_path / "src" / "TQA", "TQA")
+    (tmp_path / "src" / os.fsdecode(b"notes-\xff") / "sub").mkdir(parents=True)
+    manifest = fetch(str(tmp_path / "src"), tmp_path / "raw", tasks=["TQA"], progress=False)
+    assert [item["path"] for item in manifest["last_fetch"]["ignored"]] == ["notes-\\xff"]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +288,195 @@ def test_unknown_task_selection_is_a_user_error(raw: Path, tmp_path: Path):
 )
 def test_inline_choice_lists_as_real_contexts_write_them(context: str, expected: list[str] | None):
     assert parse_inline_choices(context) == expected
+
+
+# ----------------------------------------------------------------------------------------- fuzz: hostile trees
+
+
+def _dangling(images: Path, name: str) -> str:
+    os.symlink("gone.png", images / name)
+    return name
+
+
+def _loop(images: Path, name: str) -> str:
+    os.symlink(f"{name}.b", images / name)
+    os.symlink(name, images / f"{name}.b")
+    return name
+
+
+def _self_loop(images: Path, name: str) -> str:
+    os.symlink(name, images / name)
+    return name
+
+
+def _empty(images: Path, name: str) -> str:
+    (images / name).write_bytes(b"")
+    return name
+
+
+def _folder(images: Path, name: str) -> str:
+    (images / name).mkdir()
+    save_image(images / name / "inside.png")
+    return name
+
+
+def _fifo(images: Path, name: str) -> str:
+    os.mkfifo(images / name)
+    return name
+
+
+def _not_utf8(images: Path, name: str) -> str:
+    name = os.fsdecode(b"\xff") + name  # b"\xff<name>" on disk; JSON can only name it through a "\udcff" escape
+    save_image(images / name)
+    return name
+
+
+def _nul(images: Path, name: str) -> str:
+    return f"a\x00{name}"
+
+
+def _link_out(images: Path, name: str) -> str:
+    os.symlink("../../../../outside.png", images / name)
+    return name
+
+
+# name -> (damage an image slot, the quarantine code, words its reason must hold)
+IMAGE_DAMAGE = {
+    "dangling link": (_dangling, "bad_image", "dangling link"),
+    "link loop": (_loop, "bad_image", "cannot be reached"),
+    "self loop": (_self_loop, "bad_image", "cannot be reached"),
+    "empty file": (_empty, "bad_image", "is empty"),
+    "folder named like an image": (_folder, "bad_image", "is a folder"),
+    "fifo": (_fifo, "bad_image", "not a regular file"),
+    "non-UTF-8 name": (_not_utf8, "bad_text", "not Unicode"),
+    "NUL in name": (_nul, "bad_image_path", "not a file name"),
+    "link leaving the task": (_link_out, "unsafe_image_path", "outside the task folder"),
+}
+
+
+def _json_link(path: Path, target: str) -> None:
+    path.unlink()
+    os.symlink(target, path)
+
+
+def _json_folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+# name -> (damage a task's json, words the task error must hold)
+TASK_DAMAGE = {
+    "dangling json": (lambda p: _json_link(p, "gone.json"), "is missing"),
+    "json link loop": (lambda p: _json_link(p, p.name), "cannot be read"),
+    "json is a folder": (_json_folder, "cannot be read"),
+    "empty json": (lambda p: p.write_bytes(b""), "not valid JSON"),
+    "json nested too deep": (lambda p: p.write_text("[" * 200_000), "not valid JSON"),
+    "json not UTF-8": (lambda p: p.write_bytes(b'\xff\xfe{"data": []}'), "not valid JSON"),
+    "json not the schema": (lambda p: p.write_text('[{"data": []}]'), "does not follow the DEMON schema"),
+}
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry under `root` as lstat sees it (links not followed), with link targets."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            info = os.lstat(path)
+            link = os.readlink(path) if os.path.islink(path) else None
+            state[path] = (info.st_mode, info.st_size, info.st_mtime_ns, link)
+    return state
+
+
+def hostile_tree(raw: Path, image_damage: list[str], task_damage: str) -> dict[int, tuple[str, str]]:
+    """TQA with one clean sample and one sample per image damage, ALFRED with a task damage, odd folders around.
+
+    Returns the expected (code, words) per TQA sample id.
+    """
+    images = raw / "TQA" / "core" / "images"
+    ok = save_image(images / "0.png")
+    save_image(images / os.fsdecode(b"\xfe-unused.png"))  # a name no sample uses still enters the fingerprint
+    expected = {}
+    samples = [tqa_sample(0, [ok])]
+    for i, name in enumerate(image_damage, start=1):
+        damage, code, words = IMAGE_DAMAGE[name]
+        samples.append(tqa_sample(i, [ok, damage(images, f"{i}.png")]))
+        expected[i] = (code, words)
+    write_task(raw, "TQA", samples)
+    save_image(raw.parent / "outside.png")
+    alfred = write_task(raw, "ALFRED", [tqa_sample(0, [ok])], question_type="")
+    TASK_DAMAGE[task_damage][0](alfred)
+    (raw / os.fsdecode(b"notes-\xff")).mkdir()
+    return expected
+
+
+@pytest.mark.parametrize("seed", range(7))  # every task damage once, image damages at random
+def test_hostile_trees_end_as_quarantine_or_task_errors(seed: int, tmp_path: Path):
+    rng = random.Random(seed)
+    image_damage = rng.sample(sorted(IMAGE_DAMAGE), k=rng.randint(1, len(IMAGE_DAMAGE)))
+    task_damage = sorted(TASK_DAMAGE)[seed % len(TASK_DAMAGE)]
+    raw, out = tmp_path / "in" / "raw", tmp_path / "out"
+    expected = hostile_tree(raw, image_damage, task_damage)
+    before = snapshot(tmp_path)
+
+    report = normalize(raw, out, workers=2, progress=False)
+
+    after = snapshot(tmp_path)
+    assert {p: s for p, s in after.items() if not Path(p).is_relative_to(out)} == before, "input and around it"
+    assert sorted(p.name for p in out.iterdir()) == ["quarantine.jsonl", "report.json", "samples.parquet"]
+    tqa = report["tasks"]["TQA"]
+    assert (tqa["input"], tqa["normalized"], tqa["quarantined"]) == (len(image_damage) + 1, 1, len(image_damage))
+    q = {row["sample_id"]: row for row in map(json.loads, (out / "quarantine.jsonl").read_text().splitlines())}
+    for sample_id, (code, words) in expected.items():
+        assert (q[sample_id]["code"], words in q[sample_id]["reason"]) == (code, True), (q[sample_id], words)
+    assert TASK_DAMAGE[task_damage][1] in report["tasks"]["ALFRED"]["error"]
+    assert report["ignored_folders"] == ["notes-\\xff"]
+
+
+def _privileged() -> bool:
+    """Whether this process reads files whatever their mode (root, or CAP_DAC_OVERRIDE)."""
+    with tempfile.NamedTemporaryFile() as probe:
+        os.chmod(probe.name, 0)
+        try:
+            open(probe.name).close()
+        except PermissionError:
+            return False
+        return True
+
+
+def unprivileged(command: list[str]) -> list[str]:
+    """`command` run so that permission 000 makes a file unreadable: as root, through `setpriv` with the
+    capabilities that bypass file modes dropped (so the case stays meaningful); skips where that is impossible."""
+    if not _privileged():
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("running privileged without setpriv: permission 000 cannot make a file unreadable here")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+
+
+def test_unreadable_files_are_quarantined(tmp_path: Path):
+    """Permission 000 on an image, an images/ folder and a task json."""
+    command = unprivileged([sys.executable, "-m", "components.cli", "data", "normalize"])
+    raw = tmp_path / "raw"
+    images = raw / "TQA" / "core" / "images"
+    ok = save_image(images / "0.png")
+    locked = images / save_image(images / "locked.png")
+    write_task(raw, "TQA", [tqa_sample(0, [ok]), tqa_sample(1, [ok, locked.name])])
+    mmqa_images = raw / "MMQA" / "core" / "images"
+    write_task(raw, "MMQA", [tqa_sample(0, [save_image(mmqa_images / "0.png")])])
+    alfred_json = write_task(raw, "ALFRED", [tqa_sample(0, [ok])], question_type="")
+    for path in (locked, mmqa_images, alfred_json):
+        path.chmod(0)
+    try:
+        done = subprocess.run(
+            [*command, "--raw", str(raw), "--out", str(tmp_path / "out")], capture_output=True, text=True
+        )
+    finally:
+        for path in (locked, mmqa_images, alfred_json):
+            path.chmod(0o755)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "cannot be read (Permission denied)" in report["tasks"]["ALFRED"]["error"]
+    q = quarantined(tmp_path / "out")
+    assert "permission denied" in q[("TQA", 1, "bad_image")]["reason"]
+    assert "Permission denied" in q[("MultiModalQA", 0, "bad_image")]["reason"]

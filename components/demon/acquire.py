@@ -14,6 +14,14 @@ are extracted safely by `archives.expand`), their names are mapped to the regist
 (aliases such as `MMQA` or `nuscenes` included), only the requested split and tasks are kept, and folders
 that are no DEMON task are ignored and listed in the manifest.
 
+Fetch installs what the source holds and leaves the judgment of the data to normalize: a task whose json is
+damaged is installed all the same (its manifest entry carries the reader's `error`, the one `normalize` reports
+too), so the report a user keeps accounts for every task of the source. The one thing fetch does not install
+is what would change meaning on the way: a symlink that resolves outside its task split (it would dangle, or
+point elsewhere, once the split sits under `<dest>`) is refused and listed, with the archive and entry it came
+from, in the split's `not_installed`, as is a file a local source does not let us read; normalize quarantines
+the samples that use them with that reason. Links that stay inside the split are kept.
+
 Everything is staged under `<dest>/.demonlab/` and each task split is renamed into place only when complete,
 so a failed fetch leaves no half-written task folder; partial downloads stay there so the next run resumes.
 `<dest>/manifest.json` records every fetch (source, sha256 of each downloaded archive) and every installed
@@ -54,6 +62,7 @@ from components.demon.sources import (
     parse_source,
     sha256_file,
 )
+from components.demon.taskfile import TaskFileError, display_name, read_task_file
 from components.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -131,11 +140,16 @@ class _Scan:
     other_split_only: dict[str, str] = field(default_factory=dict)
     _expanded: int = 0
 
-    def scan(self, root: Path, origin: str, movable: bool, depth: int = 0) -> bool:
-        """Scan `root`; returns whether any DEMON task (wanted or not) was recognised under it."""
+    def scan(self, root: Path, origin: str, movable: bool, depth: int = 0, top: Path | None = None) -> bool:
+        """Scan `root`; returns whether any DEMON task (wanted or not) was recognised under it.
+
+        `top` is where an expanded archive's own entries start (below `root` when it was not hoisted), so that
+        origins name real archive entries: `demon.tar.gz!/demon/TQA`.
+        """
 
         def origin_of(path: Path) -> str:
-            rel = path.relative_to(root).as_posix()
+            base = top if top is not None and path.is_relative_to(top) else root
+            rel = display_name(path.relative_to(base).as_posix())  # the manifest is UTF-8; names need not be
             return origin if rel == "." else f"{origin}/{rel}" if origin else rel
 
         productive: set[Path] = set()
@@ -223,8 +237,8 @@ class _Scan:
             return False
         self._expanded += 1
         where = self.staging / "expanded" / str(self._expanded) / archive.parent.relative_to(root)
-        expand(archive, where, self.progress)
-        if self.scan(where, f"{origin}!", movable=True, depth=depth + 1):
+        top = expand(archive, where, self.progress).top
+        if self.scan(where, f"{origin}!", movable=True, depth=depth + 1, top=top):
             return True
         self.ignored.append({"path": origin, "reason": "archive holds no DEMON task folder"})
         return False
@@ -236,11 +250,72 @@ def _task_from_json(split_dir: Path) -> Task | None:
         path = split_dir / f"{name}.json"
         if path.is_file():
             try:
-                dataset = json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get("dataset")
-            except (ValueError, AttributeError):
+                dataset = read_task_file(path, path.name).metadata.get("dataset")
+            except TaskFileError:
                 return None
             return find_task(dataset) if isinstance(dataset, str) and dataset else None
     return None
+
+
+def _links_leaving(split_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """The symlinks under a split folder, by path relative to it, that would change meaning once it is installed.
+
+    Returns (refused: those resolving outside the split -> their target, rewritten: those given as an absolute
+    path into the split -> the relative target that means the same). Links that dangle or loop inside the split
+    keep their meaning and stay: normalize quarantines the samples that use them.
+    """
+    top = os.path.realpath(split_dir)
+    refused: dict[str, str] = {}
+    rewritten: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(split_dir):  # links to folders are listed, never entered
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                continue
+            target, real = os.readlink(path), os.path.realpath(path)
+            rel = os.path.relpath(path, split_dir)
+            if not real.startswith(top + os.sep):
+                refused[rel] = target
+            elif os.path.isabs(target):
+                rewritten[rel] = os.path.relpath(real, os.path.realpath(dirpath))
+    return refused, rewritten
+
+
+def _stage_split(found: _Found, target: Path, where: str) -> list[dict[str, str | None]]:
+    """Move or copy a found split folder to `target`, links keeping their meaning; returns what was not installed.
+
+    `where` is the split's origin (`demon.tar.gz!/demon/TQA/core`): each not-installed entry names it.
+    """
+    refused, rewritten = _links_leaving(found.split_dir)
+    skipped: list[dict[str, str | None]] = []
+    if found.movable:
+        os.rename(found.split_dir, target)
+    else:
+        try:
+            shutil.copytree(found.split_dir, target, symlinks=True)
+        except shutil.Error as error:  # copytree copies what it can and lists the rest
+            for source_path, _dst, why in error.args[0]:
+                rel = os.path.relpath(source_path, found.split_dir)
+                skipped.append(_not_installed(where, rel, None, f"cannot be read ({why})"))
+    for rel, link in refused.items():
+        os.unlink(target / rel)
+        reason = f"is a symlink to {display_name(link)!r}, which resolves outside its task split once installed"
+        skipped.append(_not_installed(where, rel, link, reason))
+    for rel, link in rewritten.items():
+        os.unlink(target / rel)
+        os.symlink(link, target / rel)
+    return skipped
+
+
+def _not_installed(where: str, rel: str, link: str | None, reason: str) -> dict[str, str | None]:
+    """A manifest record of a file fetch did not install (paths made printable: names need not be UTF-8)."""
+    path = display_name(Path(rel).as_posix())
+    return {
+        "path": path,
+        "entry": f"{where}/{path}",
+        "link": None if link is None else display_name(link),
+        "reason": reason,
+    }
 
 
 def _expand_inner_archives(split_dir: Path, progress: bool) -> None:
@@ -251,29 +326,27 @@ def _expand_inner_archives(split_dir: Path, progress: bool) -> None:
 
 
 def _describe(folder: str, split: Split, split_dir: Path, origin: str) -> dict[str, Any]:
-    """The manifest entry of a collected task split; raises if its json is not a DEMON task file."""
+    """The manifest entry of a collected task split; a json normalize cannot read gets its `error` (0 samples)."""
     json_path = split_dir / f"{split}.json"
-    where = f"{origin}/{split}/{split}.json"
+    label = f"{folder}/{split}/{split}.json"
     try:
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise UserError(f"{where} is not valid JSON ({error}); the source is damaged: fetch it again") from None
-    data = doc.get("data") if isinstance(doc, dict) else None
-    if not isinstance(data, list):
-        raise UserError(f"{where} is not a DEMON task file: expected an object with a 'data' list")
+        data, error = read_task_file(json_path, label).samples, None
+    except TaskFileError as failure:
+        data, error = [], str(failure)
     images = split_dir / "images"
     referenced = {
         name
         for sample in data
-        if isinstance(sample, dict)
-        for name in (sample.get("task_instance") or {}).get("images_path") or []
+        if isinstance(sample, dict) and isinstance(sample.get("task_instance"), dict)
+        for name in sample["task_instance"].get("images_path") or []
         if isinstance(name, str)
     }
     return {
         "origin": origin,
-        "json": f"{folder}/{split}/{split}.json",
-        "json_sha256": sha256_file(json_path),
+        "json": label,
+        "json_sha256": sha256_file(json_path) if json_path.is_file() else None,
         "samples": len(data),
+        "error": error,
         "files": _count_files(split_dir),
         "missing_images": sum(1 for name in referenced if not (images / name).is_file()),
     }
@@ -412,22 +485,24 @@ def _fetch_locked(
         if not scan.found:
             raise UserError(_nothing_found(parsed, split, scan, explicit))
         collected: dict[str, tuple[Path, dict[str, Any]]] = {}
-        damaged: dict[str, str] = {}  # one damaged task must not cost the other 28 theirs
         for folder, found in tqdm(sorted(scan.found.items()), desc="collect tasks", disable=not progress, leave=False):
             target = staging / "tasks" / folder / split
             target.parent.mkdir(parents=True)
-            if found.movable:
-                os.rename(found.split_dir, target)
-            else:
-                shutil.copytree(found.split_dir, target)
+            where = "/".join(part for part in (found.origin, found.split_dir.name) if part)
+            not_installed = _stage_split(found, target, where)
             _expand_inner_archives(target, progress)
-            try:
-                collected[folder] = (target, _describe(folder, split, target, found.origin))
-            except UserError as error:
-                damaged[folder] = str(error)
-                _say(f"skipping {folder}: {error}", progress)
-        if not collected:
-            raise UserError("; ".join(damaged.values()))
+            entry = _describe(folder, split, target, found.origin)
+            collected[folder] = (target, {**entry, "not_installed": not_installed})
+            # Said here, judged by normalize: its report counts these tasks and samples.
+            if entry["error"]:
+                _say(f"{entry['error']} (installed as it is; normalize reports it)", progress)
+            if not_installed:
+                first = not_installed[0]
+                _say(
+                    f"{folder}: {len(not_installed)} file(s) not installed, e.g. {first['entry']} {first['reason']}; "
+                    "see not_installed in manifest.json",
+                    progress,
+                )
         replaced = staging / "replaced"
         replaced.mkdir()
         for folder, (target, _entry) in collected.items():
@@ -446,14 +521,14 @@ def _fetch_locked(
         task_entry = manifest["tasks"].setdefault(folder, {"category": wanted[folder].category, "splits": {}})
         task_entry["splits"][split] = {"source": parsed.key, "fetched_at": now, **entry}
     missing = {
-        folder: damaged.get(folder)
-        or (
+        folder: (
             f"the source has only the other split ({scan.other_split_only[folder]})"
             if folder in scan.other_split_only
             else "not in the source"
         )
         for folder in sorted(set(wanted) - set(collected))
     }
+    damaged = sorted(folder for folder, (_target, entry) in collected.items() if entry["error"])
     record = {
         "source": parsed.key,
         "kind": parsed.kind,
@@ -471,8 +546,8 @@ def _fetch_locked(
     ] + [record]
     message = (
         f"DEMON {split}: installed {len(collected)} task(s) from {parsed.key} into {dest}"
-        + (f"; {len(damaged)} damaged task(s) skipped: {', '.join(sorted(damaged))}" if damaged else "")
-        + (f"; {len(missing) - len(damaged)} wanted task(s) not in the source" if len(missing) > len(damaged) else "")
+        + (f"; {len(damaged)} with a task file normalize will reject: {', '.join(damaged)}" if damaged else "")
+        + (f"; {len(missing)} wanted task(s) not in the source" if missing else "")
         + (f"; ignored {len(scan.ignored)} folder(s)/archive(s), see manifest.json" if scan.ignored else "")
     )
     _say(message, progress)

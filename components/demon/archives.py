@@ -5,7 +5,9 @@ written through a symlink of the same archive, symlinks or hardlinks whose targe
 folder, and device/FIFO entries are refused, and then nothing at all is extracted from that archive.
 Extraction goes to a temporary sibling folder that is renamed into place only when complete, so an
 interrupted or refused extraction leaves no half-written folder behind. Tar extraction additionally runs
-under Python's `data` filter, which re-checks every link against the real file system at write time.
+under Python's `data` filter, which re-checks every link against the real file system at write time. Zip
+symlink entries (Unix mode) become real links, as tar's do, so both packings of a tree extract the same; they
+are created after every other entry and re-checked against the real file system, like the tar filter does.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm.auto import tqdm
 
@@ -97,7 +100,7 @@ def _check_link_target(archive: Path, name: str, target: str, *, relative_to_ent
         raise _unsafe(archive, name, f"is a {kind} pointing outside the destination ({target!r})")
 
 
-def _check_not_through_link(archive: Path, name: str, links: set[str]) -> None:
+def _check_not_through_link(archive: Path, name: str, links: Container[str]) -> None:
     parts = name.split("/")
     for i in range(1, len(parts)):
         if "/".join(parts[:i]) in links:
@@ -121,19 +124,37 @@ def _checked_tar_members(archive: Path, tar: tarfile.TarFile) -> list[tarfile.Ta
     return members
 
 
-def _checked_zip_members(archive: Path, zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
-    links: set[str] = set()
-    infos = zf.infolist()
-    for info in infos:
+def _checked_zip_members(archive: Path, zf: zipfile.ZipFile) -> tuple[list[zipfile.ZipInfo], dict[str, str]]:
+    """The entries to extract as files or folders, and the symlink entries (normalised name -> target)."""
+    links: dict[str, str] = {}
+    infos = []
+    for info in zf.infolist():
         name = _check_name(archive, info.filename)
         _check_not_through_link(archive, name, links)
-        mode = info.external_attr >> 16
-        if info.create_system == 3 and stat.S_ISLNK(mode):
-            # zipfile writes a symlink entry as a small file holding the target; still refuse escaping ones.
-            target = zf.read(info).decode("utf-8", "replace")
+        if info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16):  # the entry's data is the target
+            target = os.fsdecode(zf.read(info))
             _check_link_target(archive, name, target, relative_to_entry=True, kind="symlink")
-            links.add(name)
-    return infos
+            if name in links:
+                raise _unsafe(archive, name, "is a symlink given twice")
+            links[name] = target
+        else:
+            infos.append(info)
+    return infos, links
+
+
+def _make_zip_links(archive: Path, into: Path, links: dict[str, str]) -> None:
+    """Create the symlink entries (after all files, so nothing is written through one) and re-check them on disk:
+    a chain of links can leave the folder although each link's own target is lexically inside it."""
+    root = os.path.realpath(into)
+    for name, target in links.items():
+        path = into / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(path):
+            raise _unsafe(archive, name, "is a symlink over another entry of the same name")
+        os.symlink(target, path)
+    for name in links:
+        if not os.path.realpath(into / name).startswith(root + os.sep):
+            raise _unsafe(archive, name, "is a symlink that resolves outside the destination through other links")
 
 
 def _extract_all(archive: Path, into: Path, progress: bool) -> int:
@@ -143,10 +164,11 @@ def _extract_all(archive: Path, into: Path, progress: bool) -> int:
     try:
         if fmt == "zip":
             with zipfile.ZipFile(archive) as zf:
-                infos = _checked_zip_members(archive, zf)
+                infos, links = _checked_zip_members(archive, zf)
                 for info in _bar(infos, desc, progress):
                     zf.extract(info, into)
-                return len(infos)
+                _make_zip_links(archive, into, links)
+                return len(infos) + len(links)
         if fmt == "tar":
             with tarfile.open(archive) as tar:
                 members = _checked_tar_members(archive, tar)
@@ -174,12 +196,18 @@ def merge_tree(src: Path, dst: Path) -> None:
     shutil.rmtree(src)
 
 
-def expand(archive: Path, parent: Path, progress: bool = True) -> Path:
-    """Extract `archive` safely into `parent/<stem>` and return that folder.
+class Expanded(NamedTuple):
+    folder: Path  # parent/<stem>
+    top: Path  # the folder that holds the archive's top-level entries: `folder`, or `parent` when hoisted
+
+
+def expand(archive: Path, parent: Path, progress: bool = True) -> Expanded:
+    """Extract `archive` safely into `parent/<stem>`; returns that folder and where the archive's top level lies.
 
     An archive whose only top-level entry is a folder named like the archive (`MMQA.zip` holding `MMQA/`)
     is hoisted, so both packings give `parent/MMQA/...`. If the folder exists already the archive's
-    content is merged into it (so `images/` plus `images.zip` end up as one folder).
+    content is merged into it (so `images/` plus `images.zip` end up as one folder). `top` lets a caller name
+    a file by its entry in the archive (`MMQA.zip!/MMQA/core/core.json`).
     """
     stem = archive_stem(archive)
     parent.mkdir(parents=True, exist_ok=True)
@@ -197,4 +225,4 @@ def expand(archive: Path, parent: Path, progress: bool = True) -> Path:
             os.rename(content, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return Expanded(target, target if content is tmp else parent)

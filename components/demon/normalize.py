@@ -2,7 +2,12 @@
 
 Reads `<raw>/<Task>/<split>/<split>.json` (+ `<split>/images/`) for every task folder it recognises and writes
 `<out>/samples.parquet`, `<out>/quarantine.jsonl` and `<out>/report.json`. Accounting is exact, per task:
-normalized + quarantined = input. A task whose JSON cannot be read gets an `error` and the others go on.
+normalized + quarantined = input. A task whose JSON cannot be read gets an `error` and the others go on. The JSON
+is read by `taskfile.read_task_file`, the reader fetch uses too, so both judge a file alike. Nothing on disk can
+stop a run: a dangling or looping link, an unreadable file, a folder named like an image, an empty file or a name
+that is not UTF-8 ends as a quarantined sample (or a task error) with its reason. When `<raw>` was filled by
+`demonlab data fetch`, the files fetch refused to install (`not_installed` in its manifest, e.g. a link that would
+have left its task) give the reason for the samples that use them, so fetched and direct runs account alike.
 
 Every image is decoded once (that is the floor cost of knowing it is intact), in a thread pool since Pillow
 releases the GIL while decoding. Each finished task is journaled as a shard under `<out>/.shards/`, keyed by the
@@ -18,11 +23,12 @@ import json
 import os
 import re
 import shutil
+import stat
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import pyarrow as pa
@@ -32,11 +38,13 @@ from tqdm import tqdm
 
 from components import atomic
 from components.demon import registry
+from components.demon.acquire import load_manifest
 from components.demon.registry import Split, Task, find_task
 from components.demon.schema import COLUMNS, SAMPLE_SCHEMA, placeholder_indices
+from components.demon.taskfile import TaskDocument, TaskFileError, display_name, read_task_file
 from components.errors import UserError
 
-SHARD_VERSION = 1  # bump when the rules change, so old shards are not reused
+SHARD_VERSION = 2  # bump when the rules change, so old shards are not reused
 INLINE_CHOICES = re.compile(r"Choice List:\s*\[(.*)\]", re.IGNORECASE | re.DOTALL)
 IMAGE_OPTION = re.compile(r"\s*(image\s+[a-z])\b", re.IGNORECASE)
 
@@ -76,6 +84,18 @@ class Rejected(Exception):
 def check_image(path: Path) -> str | None:
     """Decode the image fully; None when intact, else the reason it is not usable."""
     try:
+        info = path.stat()  # first, so a FIFO named like an image is never opened (that would block)
+    except FileNotFoundError:
+        return f"is a dangling link (to {display_name(os.readlink(path))!r})" if path.is_symlink() else "is missing"
+    except OSError as error:  # a link loop, a folder on the way that cannot be entered
+        return f"cannot be reached ({error.strerror})"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a folder, not an image file"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a device, FIFO or socket)"
+    if info.st_size == 0:
+        return "is empty (0 bytes)"
+    try:
         with Image.open(path) as image:
             pixels = image.width * image.height
             if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
@@ -84,37 +104,46 @@ def check_image(path: Path) -> str | None:
                     f"({Image.MAX_IMAGE_PIXELS:,}); downscale the file or raise PIL.Image.MAX_IMAGE_PIXELS"
                 )
             image.load()
-    except FileNotFoundError:
-        return "is missing"
     except Image.DecompressionBombError as error:
         return f"exceeds Pillow's decompression-bomb limit ({error})"
     except UnidentifiedImageError:
         return "is not an image Pillow can identify (wrong format or corrupt header)"
-    except OSError as error:  # truncated data, unreadable file, a folder in place of a file
+    except PermissionError:
+        return "cannot be read (permission denied); fix its permissions"
+    except OSError as error:  # truncated data, or the file changed under us
         return f"cannot be decoded: {error}"
     except (ValueError, SyntaxError) as error:  # raised by some Pillow decoders on corrupt data
         return f"cannot be decoded: {error}"
     return None
 
 
-def resolve_image(images_dir: Path, name: object, task_real: str, images_in_task: bool) -> Path:
+def resolve_image(file: TaskFile, name: object) -> Path:
     """The image file a `images_path` entry names, refusing anything that leaves the task folder.
 
-    `task_real` is the task folder with links resolved; `images_in_task` says whether `images_dir` (resolved)
-    lies inside it. Only links lead elsewhere, so a plain file name needs one `lstat`, not a full resolution.
+    Only links lead elsewhere, so a plain file name in an `images/` inside the task needs one `lstat`, not a full
+    resolution. A file fetch refused to install is refused here with fetch's reason.
     """
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:
         raise Rejected("bad_image_path", f"image path {name!r} is not a file name")
     if os.path.isabs(name) or re.match(r"^[A-Za-z]:[\\/]", name):
         raise Rejected("unsafe_image_path", f"image path {name!r} is absolute; paths must be relative to images/")
     if ".." in re.split(r"[\\/]", name):
         raise Rejected("unsafe_image_path", f"image path {name!r} contains '..'")
-    path = images_dir / name
-    if images_in_task and "/" not in name and "\\" not in name and not os.path.islink(path):
+    path = file.images_dir / name
+    if file.not_installed and not os.path.lexists(path):
+        rel = PurePosixPath("images", name)
+        for candidate in (rel, *rel.parents[:-1]):  # the file itself, or a folder (link) above it
+            if (entry := file.not_installed.get(candidate.as_posix())) is not None:
+                code = "unsafe_image_path" if entry.get("link") is not None else "bad_image"
+                reason = f"image path {name!r} was not installed by fetch: {entry['entry']} {entry['reason']}"
+                raise Rejected(code, reason)
+    if file.images_in_task and "/" not in name and "\\" not in name and not os.path.islink(path):
         return path
     real = os.path.realpath(path)
-    if not real.startswith(task_real + os.sep):
-        raise Rejected("unsafe_image_path", f"image path {name!r} resolves outside the task folder (to {real})")
+    if not real.startswith(file.task_real + os.sep):
+        raise Rejected(
+            "unsafe_image_path", f"image path {name!r} resolves outside the task folder (to {display_name(real)})"
+        )
     return path
 
 
@@ -155,6 +184,22 @@ def response_in_options(task: Task, response: str, options: list[str]) -> bool:
 # ---------------------------------------------------------------------------------------------- samples
 
 
+FetchFindings = dict[str, tuple[str | None, list[dict]]]  # task folder -> (json sha256 fetch saw, not_installed)
+
+
+def fetch_findings(raw: Path, split: Split) -> FetchFindings:
+    """What `demonlab data fetch` left out of each task split of `raw` (nothing when raw was not fetched)."""
+    try:
+        tasks = load_manifest(raw)["tasks"]
+    except UserError:  # a manifest.json that is not fetch's only costs the fetch reasons: disk is still judged
+        return {}
+    return {
+        folder: (entry.get("json_sha256"), entry.get("not_installed", []))
+        for folder, task in tasks.items()
+        if (entry := task.get("splits", {}).get(split)) is not None
+    }
+
+
 @dataclass(frozen=True)
 class TaskFile:
     """One task's JSON file as read: what every sample of it is checked against."""
@@ -168,21 +213,28 @@ class TaskFile:
     images_dir: Path
     task_real: str  # the task folder with links resolved
     images_in_task: bool  # whether images/ (resolved) lies inside it
+    not_installed: dict[str, dict] = field(default_factory=dict)  # fetch's refusals, by path under the split
 
     @classmethod
-    def open(cls, task: Task, split: Split, raw: Path, folder: str, payload: bytes, templates: list[str]) -> TaskFile:
+    def open(
+        cls, task: Task, split: Split, raw: Path, folder: str, document: TaskDocument, fetched: FetchFindings
+    ) -> TaskFile:
         images_dir = raw / folder / split / "images"
         task_real = os.path.realpath(raw / folder)
+        source_sha = hashlib.sha256(document.payload).hexdigest()
+        recorded_sha, entries = fetched.get(folder, (None, []))
         return cls(
             task=task,
             split=split,
             raw=raw,
             source=f"{folder}/{split}/{split}.json",
-            source_sha=hashlib.sha256(payload).hexdigest(),
-            templates=templates,
+            source_sha=source_sha,
+            templates=document.templates,
             images_dir=images_dir,
             task_real=task_real,
             images_in_task=os.path.realpath(images_dir).startswith(task_real + os.sep),
+            # only while the task file is the one fetch installed: a later hand edit makes them stale
+            not_installed={e["path"]: e for e in entries} if recorded_sha == source_sha else {},
         )
 
 
@@ -194,6 +246,8 @@ def normalize_sample(file: TaskFile, item: object) -> tuple[dict, list[Path]]:
     for key in ("sample_id", "task_instruction_id", "task_instance", "response"):
         if key not in item:
             raise Rejected("missing_field", f"missing field {key!r}")
+    if not isinstance(item["sample_id"], int) or isinstance(item["sample_id"], bool):
+        raise Rejected("missing_field", f"sample_id {item['sample_id']!r} is not an integer")
     instance = item["task_instance"]
     if not isinstance(instance, dict):
         raise Rejected("missing_field", "field 'task_instance' is not an object")
@@ -210,8 +264,17 @@ def normalize_sample(file: TaskFile, item: object) -> tuple[dict, list[Path]]:
             "template_out_of_range",
             f"task_instruction_id {template_id!r} is outside the {len(templates)} templates in metadata",
         )
+    try:  # JSON escapes can hold lone surrogates: no file name, and Parquet cannot store them
+        json.dumps([item, templates[template_id]], ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        char = error.object[error.start : error.end]
+        raise Rejected(
+            "bad_text",
+            f"the sample or its template holds {char!r}, a JSON \\u escape that is not Unicode text (as a file name "
+            "that is not UTF-8 would need); fix the escape, or rename the file",
+        ) from None
 
-    image_files = [resolve_image(file.images_dir, name, file.task_real, file.images_in_task) for name in images_path]
+    image_files = [resolve_image(file, name) for name in images_path]
     for k in placeholder_indices(context):
         if not 1 <= k <= len(images_path):
             raise Rejected(
@@ -257,40 +320,35 @@ def normalize_sample(file: TaskFile, item: object) -> tuple[dict, list[Path]]:
 
 
 def quarantine_entry(task: Task, source: str, sample_id: object, code: str, reason: str) -> dict:
+    try:  # an id from JSON may hold a lone surrogate, which no UTF-8 file can store
+        json.dumps(sample_id, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        sample_id = ascii(sample_id)
     return {"task": task.folder, "sample_id": sample_id, "code": code, "reason": reason, "file": source}
 
 
-def normalize_task(task: Task, folder: str, raw: Path, split: Split, imap: Callable = map) -> TaskResult:
+def normalize_task(
+    task: Task, folder: str, raw: Path, split: Split, imap: Callable = map, fetched: FetchFindings | None = None
+) -> TaskResult:
     """Read one task's JSON, validate every sample and its images."""
     json_path = raw / folder / split / f"{split}.json"
     source = json_path.relative_to(raw).as_posix()
     result = TaskResult(task=task.folder, folder=folder, input=0, rows=[], quarantine=[])
     try:
-        payload = json_path.read_bytes()
-        document = json.loads(payload.decode("utf-8-sig"))  # some files start with a UTF-8 BOM
-        samples, metadata = document["data"], document["metadata"]
-        templates = metadata["task_instruction"]
-        if not isinstance(samples, list) or not isinstance(templates, list):
-            raise TypeError("'data' and 'metadata.task_instruction' must be lists")
-    except FileNotFoundError:
-        result.error = f"{source} is missing; expected the official layout <Task>/{split}/{split}.json"
-        return result
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        result.error = f"{source} is not valid JSON ({error}); re-download this task"
-        return result
-    except (KeyError, TypeError) as error:
-        result.error = f"{source} does not follow the DEMON schema ({error!s}); re-download this task"
+        document = read_task_file(json_path, source)
+    except TaskFileError as error:
+        result.error = str(error)
         return result
 
-    result.input = len(samples)
-    file = TaskFile.open(task, split, raw, folder, payload, templates)
+    result.input = len(document.samples)
+    file = TaskFile.open(task, split, raw, folder, document, fetched or {})
     seen: set[object] = set()
     pending: list[tuple[dict, list[Path]]] = []
-    for item in samples:
+    for item in document.samples:
         sample_id = item.get("sample_id") if isinstance(item, dict) else None
         try:
-            if sample_id in seen and sample_id is not None:
-                raise Rejected("duplicate_sample_id", f"duplicate sample_id {sample_id} (the first one is kept)")
+            if isinstance(sample_id, int | str) and sample_id in seen:  # lists and objects are no id (or hashable)
+                raise Rejected("duplicate_sample_id", f"duplicate sample_id {sample_id!r} (the first one is kept)")
             seen.add(sample_id)
             pending.append(normalize_sample(file, item))
         except Rejected as rejected:
@@ -315,13 +373,20 @@ def normalize_task(task: Task, folder: str, raw: Path, split: Split, imap: Calla
 def task_fingerprint(raw: Path, folder: str, split: Split) -> str:
     """Hash of the task JSON and the sizes/mtimes of its images: what a finished shard depends on."""
     digest = hashlib.sha256(f"v{SHARD_VERSION}".encode())
-    json_path = raw / folder / split / f"{split}.json"
-    digest.update(json_path.read_bytes() if json_path.is_file() else b"<missing>")
-    images_dir = raw / folder / split / "images"
-    if images_dir.is_dir():
-        for entry in sorted(os.scandir(images_dir), key=lambda e: e.name):
-            stat = entry.stat()
-            digest.update(f"{entry.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    try:
+        digest.update((raw / folder / split / f"{split}.json").read_bytes())
+    except OSError as error:  # the task will fail with the reason; the fingerprint only needs to differ
+        digest.update(f"<{error.strerror}>".encode())
+    try:
+        entries = sorted(os.scandir(raw / folder / split / "images"), key=lambda e: e.name)
+    except OSError:  # no images/ (or none we may list): the samples that need it are quarantined
+        entries = []
+    for entry in entries:
+        try:
+            info = entry.stat()
+        except OSError:  # a dangling or looping link: its own metadata still says when it changes
+            info = entry.stat(follow_symlinks=False)
+        digest.update(os.fsencode(entry.name) + f":{info.st_size}:{info.st_mtime_ns};".encode())
     return digest.hexdigest()
 
 
@@ -351,10 +416,14 @@ def discover(raw: Path) -> tuple[dict[str, tuple[Task, str]], list[str]]:
     """Map task folders under `raw` to registry tasks; also list the folders that are no DEMON task."""
     found: dict[str, tuple[Task, str]] = {}
     ignored: list[str] = []
-    for entry in sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    try:
+        entries = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as error:
+        raise UserError(f"cannot list the raw DEMON folder {raw} ({error.strerror})") from None
+    for entry in entries:
         task = find_task(entry.name)
         if task is None or task.folder in found:
-            ignored.append(entry.name)
+            ignored.append(display_name(entry.name))  # a report is UTF-8: show undecodable bytes as \xNN
         else:
             found[task.folder] = (task, entry.name)
     return found, ignored
@@ -369,7 +438,7 @@ def normalize(
     progress: bool = True,
 ) -> dict:
     """Normalize a raw DEMON tree; returns the report (also written to `out/report.json`)."""
-    raw, out = Path(raw).resolve(), Path(out).resolve()
+    raw, out = Path(os.path.realpath(raw)), Path(os.path.realpath(out))  # Path.resolve raises on a link loop
     if not raw.is_dir():
         raise UserError(f"raw DEMON folder {raw} does not exist; fetch it with `demonlab data fetch` first")
     if out == raw or raw.is_relative_to(out):
@@ -384,6 +453,7 @@ def normalize(
     if not found:
         raise UserError(f"{raw} holds no DEMON task folder (looked for <Task>/{split}/{split}.json)")
 
+    fetched = fetch_findings(raw, split)
     shard_dir = out / ".shards"
     results: list[TaskResult] = []
     reused = 0
@@ -395,7 +465,7 @@ def normalize(
             fingerprint = task_fingerprint(raw, folder, split)
             result = load_shard(shard_dir, fingerprint, name)
             if result is None:
-                result = normalize_task(task, folder, raw, split, imap)
+                result = normalize_task(task, folder, raw, split, imap, fetched)
                 save_shard(shard_dir, fingerprint, result)
             else:
                 reused += 1
