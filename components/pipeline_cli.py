@@ -19,9 +19,8 @@ from pathlib import Path
 import yaml
 
 from components.errors import UserError
+from components.quiet import quiet
 
-# No usage reporting from the tools the stages run (this also keeps offline machines from logging failed calls).
-QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
 POOL = "demonlab"
 PREFECT_PORT = 4200
 MLFLOW_PORT = 5000
@@ -79,8 +78,7 @@ def _environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
-    for name, value in QUIET.items():
-        env.setdefault(name, value)
+    quiet(env)
     return env
 
 

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from components.quiet import quiet
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -72,7 +74,8 @@ def prefect_server(home: Path) -> Iterator[str]:
     """A Prefect API server with its own SQLite database under `home`; yields its API URL."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    quiet(env)
     command = prefect_server_command(port)
     with server(command, f"http://127.0.0.1:{port}/api/health", home / "server.log", env=env):
         yield f"http://127.0.0.1:{port}/api"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+from components.quiet import quiet
+
+quiet(os.environ)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Subprocesses (dvc stages, servers) must run this environment's python, dvc and prefect.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
