@@ -1,4 +1,5 @@
-"""Stages `baseline` and `score`: chance-level predictions, and scoring a predictions folder with one scorer."""
+"""Stages `baseline` and `score`: the baselines' predictions (the floors every model is read against: chance, and
+copying the context), and scoring each baselines' predictions folder with one scorer."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import mlflow
 from prefect import flow
 
 from components.demon.normalize import load_samples
-from components.evaluation.baselines import write_chance_predictions
+from components.evaluation.baselines import write_baseline_predictions
 from components.evaluation.runner import score_directory
 from components.tracking.runs import write_metrics
 from flows.entry import stage_main
@@ -17,12 +18,13 @@ from flows.params import load_params
 from flows.tracking import tracked_stage
 
 
-@flow(name="chance-baseline")
-def chance_baseline(data: str, out: str, seed: int = 0) -> dict[str, int]:
-    with tracked_stage("baseline", {"data": data, "out": out, "seed": seed}):
+@flow(name="baselines")
+def baselines(data: str, out: str, kinds: list[str], seed: int = 0) -> dict[str, dict[str, int]]:
+    """`<out>/<kind>/<Task>/pred.json` for every baseline kind."""
+    with tracked_stage("baseline", {"data": data, "out": out, "kinds": kinds, "seed": seed}):
         samples, _root = load_samples(Path(data))
-        counts = write_chance_predictions(samples, Path(out), seed=seed)
-        mlflow.log_metric("predictions", sum(counts.values()))
+        counts = {kind: write_baseline_predictions(samples, Path(out) / kind, kind, seed=seed) for kind in kinds}
+        mlflow.log_metrics({f"predictions.{kind}": sum(n.values()) for kind, n in counts.items()})
     return counts
 
 
@@ -51,12 +53,14 @@ def main() -> None:
     parser.add_argument("--scorer", choices=["parity", "strict"], default="parity")
     args = parser.parse_args()
     p = load_params()
-    normalized, chance = p["data"]["normalized"], p["baseline"]["predictions"]
+    normalized, predictions, kinds = p["data"]["normalized"], p["baseline"]["predictions"], p["baseline"]["kinds"]
     if args.stage == "baseline":
-        chance_baseline(normalized, chance, seed=p["baseline"]["seed"])
-    else:
-        out = f"{p['score']['out']}/chance/{args.scorer}"
-        score_predictions(normalized, chance, out, args.scorer, metrics=f"metrics/score-chance-{args.scorer}.json")
+        baselines(normalized, predictions, kinds, seed=p["baseline"]["seed"])
+        return
+    for kind in kinds:
+        out = f"{p['score']['out']}/{kind}/{args.scorer}"
+        metrics = f"metrics/score-{kind}-{args.scorer}.json"
+        score_predictions(normalized, f"{predictions}/{kind}", out, args.scorer, metrics=metrics)
 
 
 if __name__ == "__main__":

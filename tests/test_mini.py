@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from components.demon.mini import BIRD_PART_POINTS, STAMP, build_mini_demon
+from components.demon.mini.relation import PART_WORDS
 from components.demon.registry import Task, tasks
 from components.demon.vocabulary import PALETTE
 from components.errors import UserError
@@ -227,44 +228,53 @@ def test_template_groups_decide_the_question(built: tuple[Path, dict]) -> None:
 # --- answers are in the pixels ------------------------------------------------------------------------------
 
 
+def _colours_named(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text)) & set(PALETTE)
+
+
 def test_birds_to_words_colours_are_drawn_where_the_parts_are(roots: list[Path]) -> None:
+    """Each clause names one part (in any of its wordings) and its colours: two that differ, or one that both share."""
     task = _by_folder("Birds-to-Words")
-    clause = re.compile(r"animal1 has (?:an? )?(\w+) (\w+) .*? animal2 (?:has|which has) (?:an? )?(\w+) \2")
+    part_of = {wording.split()[0]: part for part, wordings in PART_WORDS.items() for wording in wordings}
     for root in roots:
         for sample in _load(root, task)["data"]:
             first, second = (_pixels(root, task, n) for n in sample["task_instance"]["images_path"])
-            stated = {m.group(2): (m.group(1), m.group(3)) for m in map(clause.match, sample["response"].split(" . "))}
-            assert stated, sample["response"]
-            for part, (x, y) in BIRD_PART_POINTS.items():
-                seen = tuple(
+            seen = {
+                part: tuple(
                     _color_name(np.median(img[y - 2 : y + 3, x - 2 : x + 3].reshape(-1, 3), 0))
                     for img in (first, second)
                 )
-                if part in stated:
-                    assert seen == stated[part], (part, sample["response"])
-                else:  # an unmentioned part is the same on both birds
-                    assert seen[0] == seen[1], part
+                for part, (x, y) in BIRD_PART_POINTS.items()
+            }
+            differing = set()
+            for clause in sample["response"].removesuffix(" .").split(" . "):
+                (part,) = {part_of[w] for w in clause.split() if w in part_of}
+                named = _colours_named(clause)
+                assert named == set(seen[part]), (part, clause, seen[part])
+                if len(named) == 2:
+                    differing.add(part)
+            assert differing, sample["response"]
+            for part, colours in seen.items():  # an unmentioned part is the same on both birds
+                assert (colours[0] != colours[1]) == (part in differing), (part, sample["response"])
 
 
-def test_clevr_change_the_changed_object_has_the_stated_colour(roots: list[Path]) -> None:
+def test_clevr_change_names_the_colours_of_what_changed(roots: list[Path]) -> None:
+    """Every colour an answer names is a colour of the changed pixels, before or after: the old colour of a
+    removed or moved object, the new one of an added object, the old or new one of a recoloured one."""
     task = _by_folder("CLEVR-Change")
     for root in roots:
         for sample in _load(root, task)["data"]:
             before, after = (_pixels(root, task, n) for n in sample["task_instance"]["images_path"])
             changed = np.abs(before - after).sum(-1) > 90  # the pixels the change touched
             assert changed.sum() > 50
-            said = sample["response"]
-            named = re.match(r"(?:the|someone added a) (?:small|large) (\w+) \w+", said).group(1)
-            was, now = (_color_name(np.median(img[changed], 0)) for img in (before, after))
-            if recolour := re.search(r"changed to (\w+)\.", said):
-                assert (was, now) == (named, recolour.group(1))
-            elif "added" in said:
-                assert now == named
-            elif "moved" in said or "location" in said:  # the object left one place and arrived at another
-                for img in (before, after):
-                    assert _count_near(img[changed], named, tol=60) > 0.3 * changed.sum()
-            else:  # removed
-                assert was == named and _count_near(after, named) < 5
+            present = {
+                colour
+                for img in (before, after)
+                for colour in PALETTE
+                if _count_near(img[changed], colour, tol=60) > 0.3 * changed.sum()
+            }
+            named = _colours_named(sample["response"])
+            assert named and named <= present, (sample["response"], present)
 
 
 def test_nuscenes_only_the_answer_colour_appears_in_the_views(roots: list[Path]) -> None:
@@ -309,7 +319,7 @@ def test_fashion200k_counts_and_colours_follow_the_pictures(roots: list[Path]) -
             same = len({color for _, color in garments}) == 1
             assert sample["response"] == str(same != ("difference" in template)), template
         groups[group] += 1
-    assert min(groups.values()) >= 5
+    assert min(groups.values()) >= 3
 
 
 # --- determinism, idempotence, atomicity --------------------------------------------------------------------
