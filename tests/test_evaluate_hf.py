@@ -20,17 +20,19 @@ from transformers import (
 from vpgc_tiny import tiny_config
 
 from components.demon.schema import to_parts
+from components.errors import UserError
 from components.evaluation.adapters import HFAdapter, Request, load_adapter, render_hf_content
 from components.evaluation.bundle import read_bundle
 from components.evaluation.evaluate import evaluate
 from components.evaluation.settings import EvalSettings
 from components.vpgc.backbones import load_tokenizer
 
-# LLaVA-1.5's template shape: the user's content items in order, images as <image>.
+# LLaVA-1.5's template shape (llava-hf): every image of the turn first, as <image>, then every text item.
 TEMPLATE = (
     "{% for message in messages %}{{ message['role'].upper() }}: "
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% else %}{{ item['text'] }}"
-    "{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    "{% for item in message['content'] | selectattr('type', 'equalto', 'image') %}<image>\n{% endfor %}"
+    "{% for item in message['content'] | selectattr('type', 'equalto', 'text') %}{{ item['text'] }}{% endfor %}"
+    "\n{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 TASKS = ["AESOP", "NLVR2", "TQA", "VIST", "DocVQA"]
 
@@ -98,16 +100,18 @@ def test_fallback_puts_images_first_with_markers():
     assert [c["type"] for c in content] == ["text", "image", "text", "image", "text"]
 
 
-def test_llava_loads_by_spec_and_places_images_by_family(llava, tmp_path):
-    fallback = load_adapter(f"hf:{llava}")
-    assert isinstance(fallback, HFAdapter) and fallback.family == "llava" and not fallback.interleaved
-    interleaved = load_adapter(f"hf:{llava}", image_placement="interleaved")
+def test_llava_loads_by_spec_and_gets_the_fallback_its_template_needs(llava, tmp_path):
+    adapter = load_adapter(f"hf:{llava}")
+    assert isinstance(adapter, HFAdapter) and adapter.family == "llava" and not adapter.interleaved
+    assert adapter.feeding.to_dict() == {"images": "nested", "placement": "fallback", "template_interleaves": False,
+                                         "batches": True}  # fmt: skip
     request = Request("x/core/0", to_parts("Before {image#1} after {image#2}", ["a.png", "b.png"]), tmp_path)
     # (processor chat templates render with trim_blocks: no newline after a block tag)
-    assert fallback.encode(request).payload == "USER: <image>\n<image>\nBefore [Image 1] after [Image 2]ASSISTANT:"
-    assert interleaved.encode(request).payload == "USER: Before <image>\n after <image>\nASSISTANT:"
-    assert fallback.fingerprint != interleaved.fingerprint  # another prompt format is another model
-    assert fallback.default_max_new_tokens == 300
+    assert adapter.encode(request).payload == "USER: <image>\n<image>\nBefore [Image 1] after [Image 2]ASSISTANT:"
+    assert load_adapter(f"hf:{llava}", image_placement="first").fingerprint == adapter.fingerprint
+    with pytest.raises(UserError, match="puts every image in one place"):
+        load_adapter(f"hf:{llava}", image_placement="interleaved")  # it would lose which text names which image
+    assert adapter.default_max_new_tokens == 300
 
 
 def test_llava_answers_demon_in_mixed_batches_like_one_by_one(llava, data, tmp_path):
@@ -120,4 +124,4 @@ def test_llava_answers_demon_in_mixed_batches_like_one_by_one(llava, data, tmp_p
     assert all(isinstance(r["output"], str) for r in rows)
     single = {r["uid"]: r["output"] for r in read_bundle(tmp_path / "single")[1]}
     assert {r["uid"]: r["output"] for r in rows} == single
-    assert results["model"]["kind"] == "hf" and results["model"]["config"]["interleaved"] is False
+    assert results["model"]["kind"] == "hf" and results["model"]["config"]["feeding"]["placement"] == "fallback"

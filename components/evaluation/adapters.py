@@ -4,15 +4,17 @@ A `ModelAdapter` answers DEMON prompts in three steps, so the runner can sort, b
 
     encode(request)       -> Encoded   text only (tokenized prompt, its length): cheap, done for every sample first
     load(encoded)         -> Loaded    the sample's images decoded; a bad image raises `SampleError` for that sample
-    generate([Loaded...]) -> [str]     one batch, any mix of image counts; may raise torch.OutOfMemoryError
+    generate([Loaded...]) -> [str]     one batch, any mix of image counts; may raise (the runner retries it)
 
 Model specs (`load_adapter`):
 - `experiments/<name>.yaml`: a VPG-C experiment config (`model:` section), weights as the config names them;
 - a checkpoint folder (`weights.safetensors` + `config.yaml`, written by training);
 - `models:/<name>@<alias>` or `runs:/<run id>/<path>`: an MLflow model, downloaded to a checkpoint folder;
 - `hf:<hub id or local folder>`: any model with a chat template that `AutoProcessor` + `AutoModelForImageTextToText`
-  load. Families that interleave images and text get the prompt interleaved; the others get the DEMON paper's
-  fallback for such models: all images first, and `[Image k]` markers where the text referred to them.
+  load. The processor is probed once (`probe_feeding`): a chat template that renders images where they are gets
+  the prompt interleaved, one that gathers them gets the DEMON paper's fallback (all images first, `[Image k]`
+  markers where the text referred to them); images go in one list per prompt when the processor takes that and
+  answers a batch as it answers each prompt alone, else in one flat list.
 
 `fingerprint` identifies what the model computes (its config + a hash of every weight + whether it is blind), so
 cached responses are reused exactly when the same model answers the same prompt with the same settings.
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from components.demon.schema import Part
+from components.demon.schema import Part, to_parts
 from components.errors import UserError
 from components.vpgc.generation import GenerationSettings
 
@@ -43,13 +47,7 @@ HF_PREFIX = "hf:"
 MLFLOW_PREFIXES = ("models:/", "runs:/")
 HF_DEFAULT_MAX_NEW_TOKENS = 300  # the release's limit
 BLANK_GREY = (128, 128, 128)  # a blind control's images: mid-grey, ~0 after the usual mean-0.5 normalisation
-# model_type of HF families whose chat templates and training put images anywhere in the text. Others (LLaVA-1.5,
-# LLaVA-NeXT, BLIP-2, ...) were trained with images before the text and get the images-first fallback.
-INTERLEAVING_FAMILIES = frozenset(
-    {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics2", "idefics3", "smolvlm", "llava_onevision", "gemma3", "internvl"}
-)
-# Processors that want one list of images per text; the others take one flat list in order of appearance.
-NESTED_IMAGE_FAMILIES = frozenset({"idefics", "idefics2", "idefics3", "smolvlm", "mllama"})
+logger = logging.getLogger(__name__)
 UNKNOWN_SPEC_HELP = (
     "give an experiment config (experiments/<name>.yaml), a checkpoint folder (weights.safetensors + config.yaml), "
     "an MLflow model (models:/<name>@<alias>, runs:/<run id>/<path>) or a Hugging Face model (hf:<id or folder>)"
@@ -231,49 +229,180 @@ def render_hf_content(parts: Sequence[Part], interleaved: bool) -> tuple[list[di
     return content, images
 
 
+PROBE_TEXTS = ("probe text one", "probe text two", "probe text three")
+PROBE_SIZES = ((64, 48), (40, 72), (56, 56))  # (width, height): other shapes, so images cannot pass for each other
+
+
+def template_interleaves(processor: Any) -> bool:
+    """Whether the chat template renders images where they are among the texts (Idefics3, Gemma3, Qwen2-VL) rather
+    than gathering them in one place (LLaVA-1.5/NeXT/OneVision render every image first, then every text)."""
+    token = getattr(processor, "image_token", None)
+    if not token:  # no placeholder to find in the text: treat it as unable to interleave
+        return False
+    one, two, three = PROBE_TEXTS
+    content = [{"type": "text", "text": one}, {"type": "image"}, {"type": "text", "text": two}, {"type": "image"},
+               {"type": "text", "text": three}]  # fmt: skip
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)  # fmt: skip
+    images = [(match.start(), token) for match in re.finditer(re.escape(token), text)]
+    marks = sorted([(text.find(t), t) for t in PROBE_TEXTS] + images)
+    return [mark for _, mark in marks] == [one, token, two, token, three]
+
+
+def image_only_processor_class(processor_class: type) -> type:
+    """`processor_class` without its video processor: transformers 5 builds video processors with torchvision, and
+    DEMON has no video. The processor's `__init__` still receives `video_processor=None`, which the trimmed
+    attribute list leaves unchecked and unset; the class keeps its name, so a saved processor names the original."""
+
+    class ImageOnly(processor_class):  # type: ignore[misc, valid-type]
+        @classmethod
+        def get_attributes(cls) -> list[str]:
+            return [name for name in super().get_attributes() if "video" not in name]
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = processor_class.__name__
+    return ImageOnly
+
+
+def load_hf_processor(source: str) -> Any:
+    """`AutoProcessor`'s processor, or where torchvision is missing and the processor wants it for videos, the
+    same processor without its video part."""
+    from transformers import AutoConfig, AutoProcessor
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+    from transformers.utils import is_torchvision_available
+
+    try:
+        return AutoProcessor.from_pretrained(source)
+    except ImportError:
+        if is_torchvision_available():
+            raise
+    processor_class = PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(source))]
+    return image_only_processor_class(processor_class).from_pretrained(source)
+
+
+@dataclass(frozen=True)
+class Feeding:
+    """How a processor takes a batch, found by probing it (`probe_feeding`) and recorded in the model's config.
+
+    nested: one list of images per prompt (Gemma3, Idefics3, LLaVA-OneVision's multi-image mode), else one flat
+    list in order of appearance. interleaved: images where the prompt has them; else the paper's fallback (every
+    image first, `[Image k]` markers in the text). template_interleaves: what the chat template can do.
+    """
+
+    nested: bool
+    interleaved: bool
+    template_interleaves: bool
+    batches: bool  # False: no way of feeding gave a batch the prompts' own tokens, so prompts go one at a time
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": "nested" if self.nested else "flat",
+                "placement": "interleaved" if self.interleaved else "fallback",
+                "template_interleaves": self.template_interleaves, "batches": self.batches}  # fmt: skip
+
+
+def chat_text(processor: Any, parts: Sequence[Part], interleaved: bool) -> tuple[str, list[str]]:
+    """One user turn through the chat template, ready for generation; the image paths in the order of the text."""
+    content, images = render_hf_content(parts, interleaved)
+    messages = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), images
+
+
+def processor_inputs(processor: Any, texts: list[str], images: list[list[Any]], nested: bool) -> Any:
+    """The processor's tensors for a batch (`images`: each prompt's images), images nested or flattened."""
+    flat = [image for per_prompt in images for image in per_prompt]
+    given = (images if nested else flat) if flat else None
+    return processor(text=texts, images=given, padding=True, return_tensors="pt")
+
+
+def probe_feeding(spec: str, processor: Any, placement: str) -> Feeding:
+    """Find how `processor` wants a batch: where its template puts images, then whether it takes one list of images
+    per prompt or one flat list. A way is accepted when a batch of two prompts (two images, one image) gives each
+    prompt the tokens it gets alone; nested is tried first, as it tells the processor which prompt owns an image."""
+    from PIL import Image
+
+    interleaves = template_interleaves(processor)
+    if placement == "interleaved" and not interleaves:
+        raise UserError(
+            f"{spec}: its chat template puts every image in one place, so an interleaved prompt would lose which text "
+            "refers to which image; use --image-placement auto or first (images first, [Image k] in the text)"
+        )
+    interleaved = interleaves if placement == "auto" else placement == "interleaved"
+    prompts = [to_parts("Compare {image#1} with {image#2}", ["1", "2"]), to_parts("Describe {image#1}", ["3"])]
+    texts = [chat_text(processor, parts, interleaved)[0] for parts in prompts]
+    probes = [Image.new("RGB", size, (40 * i, 90, 160)) for i, size in enumerate(PROBE_SIZES)]
+    images = [probes[:2], probes[2:]]
+    failures, alone_works = [], []
+    for nested in (True, False):
+        way = "nested" if nested else "flat"
+        try:
+            alone = [
+                processor_inputs(processor, [t], [i], nested)["input_ids"][0]
+                for t, i in zip(texts, images, strict=True)
+            ]
+            alone_works.append(nested)
+            batch = processor_inputs(processor, texts, images, nested)
+            ids = [row[mask.bool()] for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]
+            if all(torch.equal(a, b) for a, b in zip(ids, alone, strict=True)):
+                return Feeding(nested, interleaved, interleaves, batches=True)
+            failures.append(f"{way}: a batch changes the prompts' image tokens")
+        except Exception as error:  # a processor signals a way it does not take with any exception
+            failures.append(f"{way}: {type(error).__name__}: {first_line(error)}")
+    if not alone_works:
+        raise UserError(f"{spec}: its processor takes neither nested nor flat images ({'; '.join(failures)})")
+    logger.warning("%s: its processor does not batch prompts (%s); answering one prompt at a time", spec,
+                   "; ".join(failures))  # fmt: skip
+    return Feeding(alone_works[0], interleaved, interleaves, batches=False)
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message (transformers' import errors start with a newline)."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
 class HFAdapter(ModelAdapter):
-    """`AutoProcessor` + `AutoModelForImageTextToText`: one user turn through the processor's chat template."""
+    """`AutoProcessor` + `AutoModelForImageTextToText`: one user turn through the processor's chat template, fed
+    the way the processor was found to want it (`Feeding`, recorded in the config and so in the fingerprint)."""
 
     kind = "hf"
     default_max_new_tokens = HF_DEFAULT_MAX_NEW_TOKENS
 
     def __init__(self, spec: str, model: Any, processor: Any, placement: str = "auto", blind: bool = False) -> None:
-        family = model.config.model_type
-        interleaved = family in INTERLEAVING_FAMILIES if placement == "auto" else placement == "interleaved"
         if getattr(processor, "chat_template", None) is None:
             raise UserError(f"{spec}: the processor has no chat template; DEMON prompts need one (a chat model)")
-        config = {
-            "model": model.config.to_dict(),
-            "chat_template": processor.chat_template,
-            "interleaved": interleaved,
-        }
-        super().__init__(spec, config, model, blind)
-        self.model, self.processor, self.family, self.interleaved = model, processor, family, interleaved
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"  # generation: every prompt ends at the last position
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.feeding = probe_feeding(spec, processor, placement)
+        config = {
+            "model": model.config.to_dict(),
+            "chat_template": processor.chat_template,
+            "processor": type(processor).__name__,
+            "feeding": self.feeding.to_dict(),
+        }
+        super().__init__(spec, config, model, blind)
+        self.model, self.processor, self.family = model, processor, model.config.model_type
+        self.interleaved = self.feeding.interleaved
 
     @classmethod
     def from_pretrained(cls, spec: str, device: str = "cpu", placement: str = "auto", blind: bool = False) -> HFAdapter:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
         source = spec.removeprefix(HF_PREFIX)
         try:
-            processor = AutoProcessor.from_pretrained(source)
+            processor = load_hf_processor(source)
             model = AutoModelForImageTextToText.from_pretrained(source, dtype="auto")
+        except ImportError as error:
+            raise UserError(f"{spec}: a library it needs is missing: {first_line(error)}") from None
         except (OSError, ValueError) as error:
             raise UserError(
-                f"{spec}: cannot load it as an image-text-to-text model ({str(error).splitlines()[0]}); give a hub "
+                f"{spec}: cannot load it as an image-text-to-text model ({first_line(error)}); give a hub "
                 "id that is downloaded (HF_HUB_OFFLINE=1 allows only cached ones) or a folder saved with "
                 "save_pretrained holding both the processor and the model"
             ) from None
         return cls(spec, model.to(device).eval(), processor, placement, blind)
 
     def encode(self, request: Request) -> Encoded:
-        content, images = render_hf_content(request.parts, self.interleaved)
-        messages = [{"role": "user", "content": content}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text, images = chat_text(self.processor, request.parts, self.interleaved)
         # The processor expands each image into its visual tokens only with the pixels; for ordering, a text
         # token count plus a nominal 64 tokens per image is close enough.
         length = len(self.tokenizer(text, add_special_tokens=False).input_ids) + 64 * len(images)
@@ -282,16 +411,20 @@ class HFAdapter(ModelAdapter):
     def load(self, encoded: Encoded) -> Loaded:
         return Loaded(encoded, self.images(encoded.request))
 
-    @torch.inference_mode()
-    def generate(self, batch: Sequence[Loaded], settings: GenerationSettings) -> list[str]:
+    def inputs(self, batch: Sequence[Loaded]) -> Any:
+        """The processor's tensors for a batch, on the model's device (pixels in the model's dtype)."""
         texts = [item.encoded.payload for item in batch]
-        images: Any = [item.pixels for item in batch]
-        if self.family not in NESTED_IMAGE_FAMILIES:
-            images = [image for item in images for image in item]
-        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        inputs = processor_inputs(self.processor, texts, [item.pixels for item in batch], self.feeding.nested)
         inputs = inputs.to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs
+
+    @torch.inference_mode()
+    def generate(self, batch: Sequence[Loaded], settings: GenerationSettings) -> list[str]:
+        if not self.feeding.batches and len(batch) > 1:
+            return [answer for item in batch for answer in self.generate([item], settings)]
+        inputs = self.inputs(batch)
         sampling = {"do_sample": True, "top_p": settings.top_p, "temperature": settings.temperature}
         if settings.do_sample:
             torch.manual_seed(settings.seed)  # HF draws from the global generator

@@ -112,7 +112,7 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--image-placement",
         choices=("auto", "interleaved", "first"),
-        help="HF models: interleave images, or all first with [Image k] markers (auto: by model family)",
+        help="HF models: interleave images, or all first with [Image k] markers (auto: as the chat template allows)",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:<LOCAL_RANK> when available, else cpu)")
     parser.add_argument("--cache", type=Path, help="response cache file (default: $DEMONLAB_CACHE/eval/...)")

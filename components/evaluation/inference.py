@@ -5,7 +5,8 @@
       --cache lookup--> misses --batches (images decoded a batch ahead)--> adapter.generate --> cache, records
 
 Every sample ends in exactly one record: an answer (generated or cached) or an error (image failure, prompt the
-model cannot take, out of memory on its own). A batch that runs out of memory is split in halves and retried.
+model cannot take, out of memory on its own, any other model failure on its own). A batch that runs out of memory
+is split in halves and retried; a batch that fails otherwise is retried one sample at a time.
 Under sampling each sample is generated alone with its own seed, so answers do not depend on batching or ranks.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -29,12 +31,13 @@ from tqdm import tqdm
 from components.demon.registry import categories, find_task
 from components.demon.schema import sample_parts
 from components.errors import UserError
-from components.evaluation.adapters import Encoded, Loaded, ModelAdapter, Request, SampleError
+from components.evaluation.adapters import Encoded, Loaded, ModelAdapter, Request, SampleError, first_line
 from components.evaluation.cache import ResponseCache
 from components.evaluation.settings import EvalSettings
 from components.vpgc.generation import GenerationSettings
 
 OOM_TYPES: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)
+logger = logging.getLogger(__name__)
 
 
 def category_slug(category: str) -> str:
@@ -143,6 +146,7 @@ class InferenceStats:
     generated: int = 0
     errors: int = 0
     oom_splits: int = 0
+    batch_failures: int = 0  # batches that failed other than by memory, retried one sample at a time
     batches: int = 0
     generate_s: float = 0.0
     total_s: float = 0.0
@@ -163,19 +167,28 @@ def generate_resilient(
     settings: GenerationSettings,
     stats: InferenceStats,
 ) -> list[tuple[str | None, str | None]]:
-    """(answer, error) per item. Out of memory: split the batch in halves and retry each; alone, it is an error."""
+    """(answer, error) per item. Out of memory: split the batch in halves and retry each. Any other failure of a
+    batch (a processor or model that cannot take this mix of prompts): retry its samples one at a time. What fails
+    alone is that sample's error, with the reason; the run goes on."""
     try:
         outputs = adapter.generate(batch, settings)
     except OOM_TYPES as error:
         _empty_cuda_cache()
         if len(batch) == 1:
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            return [(None, f"out of memory even alone ({message}); lower max_new_tokens or use a larger device")]
+            hint = "lower max_new_tokens or use a larger device"
+            return [(None, f"out of memory even alone ({first_line(error)}); {hint}")]
         stats.oom_splits += 1
         half = len(batch) // 2
         return generate_resilient(adapter, batch[:half], settings, stats) + generate_resilient(
             adapter, batch[half:], settings, stats
         )
+    except Exception as error:  # any model or processor error: one sample's problem must not end the run
+        reason = f"{type(error).__name__}: {first_line(error)}"
+        if len(batch) == 1:
+            return [(None, f"the model failed on this sample ({reason})")]
+        stats.batch_failures += 1
+        logger.warning("a batch of %d failed (%s); retrying its samples one at a time", len(batch), reason)
+        return [result for item in batch for result in generate_resilient(adapter, [item], settings, stats)]
     if len(outputs) != len(batch):
         raise RuntimeError(f"{type(adapter).__name__}.generate returned {len(outputs)} answers for {len(batch)}")
     return [(text if isinstance(text, str) else "", None) for text in outputs]
