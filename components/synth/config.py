@@ -30,7 +30,7 @@ class SourceConfig:
 
     kind: str = "procedural"
     objects: tuple[int, int] = (2, 5)  # procedural: objects per scene (min, max)
-    size: int = 160  # procedural: scene side in pixels (mini-DEMON's)
+    size: int = 160  # procedural: scene side in pixels
     root: str | None = None  # folder: images are relative to it (default: the captions file's folder)
     captions: str | None = None  # folder: the captions table
     image_column: str | int = "image"
@@ -129,6 +129,12 @@ class SynthConfig:
     init_seed: int = 0  # seeds the random init of a VPG without weights, identically in every process
     edits_per_image: int = 1
     edit_types: dict[str, float] = field(default_factory=lambda: dict.fromkeys(EDIT_TYPES, 1.0))
+    difference_instructions: tuple[str, ...] = (  # the paper's, then rewordings; none is a DEMON template
+        "Describe the difference between the images.",
+        "Tell me what was edited between the first picture and the second one.",
+        "Which object changed from one picture to the other, and how?",
+        "Compare the two pictures and say what is different.",
+    )
     caption_instructions: tuple[str, ...] = (
         "Describe this image briefly.",
         "Write a short caption for the image.",
@@ -215,7 +221,7 @@ def validate(config: SynthConfig, where: str = "synth") -> None:
     if source.kind == "procedural" and config.count is None:
         raise UserError(f"{where}.count: the procedural source is endless; set how many scenes to render")
     if source.kind == "procedural" and not 1 <= source.objects[0] <= source.objects[1] <= 9:
-        raise UserError(f"{where}.source.objects: need 1 <= min <= max <= 9 (a 3x3 grid), got {source.objects}")
+        raise UserError(f"{where}.source.objects: need 1 <= min <= max <= 9 (one per colour), got {source.objects}")
     if source.kind == "folder" and not source.captions:
         raise UserError(f"{where}.source.captions: the folder source needs a captions file (TSV/CSV/JSONL/Parquet)")
     if source.kind == "webdataset" and not source.shards:
@@ -228,8 +234,9 @@ def validate(config: SynthConfig, where: str = "synth") -> None:
         raise UserError(f"{where}.edit_types: weights must be non-negative numbers, at least one positive")
     if not 0 <= sel.min_area < sel.max_area <= 1 or sel.k < 1:
         raise UserError(f"{where}.selection: need 0 <= min_area < max_area <= 1 and k >= 1")
-    if not config.caption_instructions:
-        raise UserError(f"{where}.caption_instructions: give at least one instruction")
+    for name in ("difference_instructions", "caption_instructions"):
+        if not getattr(config, name):
+            raise UserError(f"{where}.{name}: give at least one instruction")
     exact_only = {"segmenter.kind: exact": seg.kind == "exact", "editor.kind: render": config.editor.kind == "render"}
     for what, used in exact_only.items():
         if used and source.kind != "procedural":

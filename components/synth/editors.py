@@ -21,12 +21,11 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from components.demon.mini import CELL_NAMES
 from components.demon.vocabulary import PALETTE
 from components.synth.config import EditorConfig
 from components.synth.planner import EditPlan, Options
 from components.synth.regions import Region, background, free_places
-from components.synth.scenes import Obj, new_objects, object_mask, parse_object, render
+from components.synth.scenes import ZONES, Obj, new_objects, object_mask, parse_object, render
 from components.synth.sources import Item
 
 RIM = 2  # pixels around a mask that an edit may also touch (anti-aliased or JPEG-blurred object edges)
@@ -59,7 +58,7 @@ class RenderEditor:
     def options(self, item: Item, regions: list[Region], edit_type: str, target: Region | None) -> Options:
         scene = item.scene
         exclude = target.kind if edit_type == "swap" and target is not None else None
-        return Options(scene.unused_colors(), new_objects(scene, exclude), [CELL_NAMES[c] for c in scene.free_cells()])
+        return Options(scene.unused_colors(), new_objects(scene, exclude), scene.open_zones())
 
     def apply(self, item: Item, regions: list[Region], plan: EditPlan, rng: random.Random) -> Edited:
         scene, size = item.scene, item.scene.size
@@ -70,11 +69,13 @@ class RenderEditor:
             if parsed is None:
                 raise EditError("editor_unusable", f"{plan.new_object!r} is not a colour and a shape the scene knows")
             color, shape = parsed
-            if plan.type == "swap":
-                new = Obj(shape, color, old.cell, old.size)
+            if plan.type == "swap":  # the new shape takes the old one's place, size and tilt
+                new = replace(old, shape=shape, color=color)
             else:
-                new = Obj(shape, color, CELL_NAMES.index(plan.place), rng.choice(("large", "small")))
-                plan.details["size"] = new.size
+                new = scene.place(shape, color, rng, plan.place)
+                if new is None:
+                    raise EditError("no_background_space", f"no room in the {plan.place} area to add onto")
+                plan.details.update(center_xy=[new.x, new.y], radius=new.radius, angle=new.angle)
         if plan.type == "modify":
             new = replace(old, color=plan.color)
         edited = {
@@ -176,12 +177,12 @@ def add_radius(shape: tuple[int, int]) -> float:
 
 
 def real_options(regions: list[Region], edit_type: str, target: Region | None, objects: list[str] | None) -> Options:
-    """Any chromatic colour but the object's own; for add, the cells where background has room for an object."""
+    """Any chromatic colour but the object's own; for add, the zones where background has room for an object."""
     colors = [c for c in PALETTE if target is None or c != target.color]
     places: list[str] = []
     if edit_type == "add":
         free = background(regions, regions[0].mask.shape)
-        places = sorted(free_places(free, add_radius(free.shape)), key=CELL_NAMES.index)
+        places = sorted(free_places(free, add_radius(free.shape)), key=ZONES.index)
     return Options(colors, objects, places)
 
 

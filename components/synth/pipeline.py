@@ -47,10 +47,9 @@ from components.synth.regions import build_segmenter, candidates, select, signif
 from components.synth.report import contact_sheet
 from components.synth.sources import Item, Skip, build_source, item_rng
 
-VERSION = 1  # bump when generation changes: journals of older runs are then not reused
+VERSION = 2  # bump when generation changes: journals of older runs are then not reused
 GENERATOR = "demonlab synth"
 DIFFERENCE_TASK, CAPTION_TASK = "SynthDifference", "SynthCaption"
-DIFFERENCE_INSTRUCTION = "Describe the difference between the images."
 SHARDS, IMAGES = ".shards", "images"
 STEPS = ("load", "segment", "attention", "plan", "edit", "filter", "write")
 
@@ -222,14 +221,17 @@ class Synthesizer:
             record["uid"] = f"{DIFFERENCE_TASK}/synth/{record['sample_id']}"
             original = f"{IMAGES}/{record['index']:06d}.png"
             item_row = next(r for r in result.rows if r["task"] == CAPTION_TASK and r["sample_id"] == record["index"])
+            k = item_rng(self.seed, record["index"], f"instruction/{record['edit']}").randrange(
+                len(config.difference_instructions)
+            )
             result.rows.append(
                 {
                     **item_row,
                     "uid": record["uid"],
                     "task": DIFFERENCE_TASK,
                     "sample_id": record["sample_id"],
-                    "instruction_id": 0,
-                    "instruction": DIFFERENCE_INSTRUCTION,
+                    "instruction_id": k,
+                    "instruction": config.difference_instructions[k],
                     "context": "{image#1}{image#2}",
                     "images": [original, edited_path],
                     "response": candidate.plan.sentence,

@@ -32,19 +32,28 @@ DEFINITIONS = {
     "delete": "remove the object, leaving only background where it was",
     "add": "add a new object onto an empty background area",
 }
+# The synthetic world's own answer phrasings (none is a DEMON answer; tests/test_synth_separation.py checks).
 SENTENCES = {
     "modify": (
-        "The {target} {at} is now {color}.",
-        "The {target} {at} changed its colour to {color}.",
-        "The {kind} {at} turned from {old} to {color}.",
+        "In the second picture the {target} {at} is {color} instead.",
+        "The {target} {at} has become {color}.",
+        "The {kind} {at} is {color} now, no longer {old}.",
     ),
     "swap": (
-        "The {target} {at} was replaced by {new}.",
-        "There is {new} where the {target} was, {at}.",
-        "The {target} {at} has been swapped for {new}.",
+        "In place of the {target} {at} there is now {new}.",
+        "The {target} {at} turned into {new}.",
+        "{New} took the place of the {target} {at}.",
     ),
-    "delete": ("The {target} {at} was removed.", "The {target} {at} is gone.", "There is no longer {a_target} {at}."),
-    "add": ("{New} was added {place_at}.", "There is a new {new_bare} {place_at}.", "Someone added {new} {place_at}."),
+    "delete": (
+        "The {target} {at} no longer appears.",
+        "The second picture lacks the {target} {at}.",
+        "The {target} that stood {at} has vanished.",
+    ),
+    "add": (
+        "{New} now appears {place_at}.",
+        "The second picture has an extra {new_bare} {place_at}.",
+        "{New} has been placed {place_at}.",
+    ),
 }
 # What a template plan may put in a picture when the editor takes free text (diffusion) and no LLM is configured.
 FREE_OBJECTS = (
@@ -79,7 +88,7 @@ class Options:
 
     colors: list[str]  # modify: new colours
     objects: list[str] | None  # swap/add: what may appear; None = any short noun phrase (text-driven inpainting)
-    places: list[str]  # add: cells with room on background
+    places: list[str]  # add: zones with room on background
 
 
 @dataclass
@@ -91,7 +100,7 @@ class EditPlan:
     sentence: str
     color: str | None = None  # modify
     new_object: str | None = None  # swap, add
-    place: str | None = None  # add: a cell name
+    place: str | None = None  # add: a zone name
     prompt: str = ""  # what the planner was asked ("template" for the template planner)
     reply: str = ""  # its raw reply
     details: dict[str, Any] = field(default_factory=dict)  # what the editor did (pasted from, location, ...)
@@ -115,7 +124,6 @@ def write_sentence(plan: EditPlan, rng: random.Random) -> str:
     new = article(plan.new_object) if plan.new_object else ""
     values = {
         "target": target.name if target else "",
-        "a_target": article(target.name) if target else "",
         "kind": target.kind if target else "",
         "old": target.color if target else "",
         "at": at(target.where) if target else "",

@@ -19,13 +19,12 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from components.demon.mini import CELL_NAMES
 from components.demon.vocabulary import PALETTE
 from components.synth.config import SegmenterConfig, SelectionConfig
-from components.synth.scenes import Obj, object_mask
+from components.synth.scenes import ZONES, Obj, object_mask, zone_index, zone_of
 from components.synth.sources import Item, Skip
 
-# Names for the mean colour of a real region: mini-DEMON's palette plus the achromatic ones.
+# Names for the mean colour of a real region: the shared palette plus the achromatic ones.
 NAMED_COLORS: dict[str, tuple[int, int, int]] = {
     **PALETTE,
     "black": (25, 25, 25),
@@ -40,9 +39,10 @@ class Region:
 
     mask: np.ndarray
     color: str  # a key of NAMED_COLORS (the scene's own colour for procedural objects)
-    where: str  # the 3x3 cell of its centroid, e.g. "top left"
+    where: str  # the zone of its centroid (`scenes.ZONES`), e.g. "upper left"
     kind: str = "object"  # the shape for procedural objects
     obj: Obj | None = None  # procedural: the scene object it is
+    size: str = ""  # procedural: "big", "little" or "" (by radius)
     significance: float = math.nan  # mean VPG attention inside the mask
 
     @property
@@ -51,8 +51,7 @@ class Region:
 
     @property
     def name(self) -> str:
-        small = "small " if self.obj is not None and self.obj.size == "small" else ""
-        return f"{small}{self.color} {self.kind}"
+        return " ".join(w for w in (self.size, self.color, self.kind) if w)
 
     def summary(self) -> dict:
         ys, xs = np.nonzero(self.mask)
@@ -66,10 +65,6 @@ class Region:
         }
 
 
-def cell_of(y: float, x: float, height: int, width: int) -> int:
-    return min(2, int(3 * y / height)) * 3 + min(2, int(3 * x / width))
-
-
 def color_name(rgb: np.ndarray) -> str:
     names = list(NAMED_COLORS)
     table = np.asarray([NAMED_COLORS[n] for n in names], dtype=np.float32)
@@ -77,10 +72,9 @@ def color_name(rgb: np.ndarray) -> str:
 
 
 def describe(mask: np.ndarray, pixels: np.ndarray) -> Region:
-    """A region of a real image: named by its mean colour and the cell of its centroid."""
+    """A region of a real image: named by its mean colour and the zone of its centroid."""
     ys, xs = np.nonzero(mask)
-    cell = cell_of(ys.mean(), xs.mean(), *mask.shape)
-    return Region(mask, color_name(pixels[mask].mean(0)), CELL_NAMES[cell])
+    return Region(mask, color_name(pixels[mask].mean(0)), zone_of(ys.mean(), xs.mean(), *mask.shape))
 
 
 # ---------------------------------------------------------------------------------------------- segmenters
@@ -90,8 +84,11 @@ class ExactSegmenter:
     def __call__(self, item: Item) -> list[Region]:
         if item.scene is None:
             raise Skip("no_scene", f"item {item.key} has no scene; the exact segmenter needs the procedural source")
-        size = item.scene.size
-        return [Region(object_mask(o, size), o.color, CELL_NAMES[o.cell], o.shape, o) for o in item.scene.objects]
+        scene = item.scene
+        return [
+            Region(object_mask(o, scene.size), o.color, scene.zone(o), o.shape, o, size=o.size_word(scene.size))
+            for o in scene.objects
+        ]
 
 
 class SkimageSegmenter:
@@ -188,14 +185,14 @@ def background(objects: list[Region], shape: tuple[int, int], margin: int = 2) -
 
 
 def free_places(free: np.ndarray, radius: float) -> dict[str, np.ndarray]:
-    """Cell name -> (K, 2) pixel centres (y, x) where a disc of `radius` lies wholly inside `free`."""
+    """Zone name -> (K, 2) pixel centres (y, x) where a disc of `radius` lies wholly inside `free`."""
     padded = np.pad(free, 1, constant_values=False)  # the image border counts as occupied
     room = ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
     ys, xs = np.nonzero(room > radius)
     height, width = free.shape
-    cells = np.minimum(2, 3 * ys // height) * 3 + np.minimum(2, 3 * xs // width)
+    zones = zone_index(ys, xs, height, width)
     points = np.stack([ys, xs], axis=1)
-    return {CELL_NAMES[cell]: points[cells == cell] for cell in np.unique(cells).tolist()}
+    return {ZONES[zone]: points[zones == zone] for zone in np.unique(zones).tolist()}
 
 
 def significance(grid: torch.Tensor, regions: list[Region]) -> None:

@@ -18,21 +18,6 @@ Answers vary in wording as real ones do, so a guess that copies another answer o
 from __future__ import annotations
 
 from components.demon.mini.build import GENERATORS, STAMP, VERSION, build_mini_demon
-from components.demon.mini.draw import CELL_NAMES, Obj, cell_center, objs, radius
 from components.demon.mini.relation import BIRD_PART_POINTS
 
-# Old private names, kept until components.synth imports the public ones (or stops importing mini).
-_cell_center, _objs, _radius = cell_center, objs, radius
-
-__all__ = [
-    "BIRD_PART_POINTS",
-    "CELL_NAMES",
-    "GENERATORS",
-    "STAMP",
-    "VERSION",
-    "Obj",
-    "build_mini_demon",
-    "cell_center",
-    "objs",
-    "radius",
-]
+__all__ = ["BIRD_PART_POINTS", "GENERATORS", "STAMP", "VERSION", "build_mini_demon"]
