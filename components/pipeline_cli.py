@@ -121,7 +121,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 def pipeline_summary(params: dict) -> list[str]:
-    """The lines `demonlab run` ends with: what the data stages kept, the models' scores, where the report is."""
+    """The lines `demonlab run` ends with: what the data stages kept, each model's overall score with its 95%
+    interval, the paper's full model's paired differences, where the report is."""
     lines = []
     report = Path(params["data"]["normalized"]) / "report.json"
     if report.is_file():
@@ -132,10 +133,14 @@ def pipeline_summary(params: dict) -> list[str]:
         )
     compare = Path(params["evaluate"]["report"]) / "compare.json"
     if compare.is_file():
-        scores = json.loads(compare.read_text())["scores"]["parity"]["categories"]
-        for model, categories in scores.items():
-            row = ", ".join(f"{name} {value:.1f}" for name, value in categories.items() if value is not None)
-            lines.append(f"{model} (parity x100): {row}")
+        from components.evaluation.intervals import overall_summary
+
+        record = json.loads(compare.read_text())
+        lines += overall_summary(record)
+        # the paper's full model against every other model and its own blind control, paired on shared samples
+        full = f"vpgc-{params['train']['registered_variant']}"
+        for other in (label for label in record["bundles"] if label != full and full in record["bundles"]):
+            lines.append(overall_summary(record, full, other)[-1])
         lines.append(f"report: {compare.with_name('compare.md').resolve()}")
     return lines
 

@@ -1,9 +1,10 @@
 """Stages `evaluate`, `merge` and `report`: a model's answers on DEMON, scored by both scorers, one task group
 (category) per run; the merge of a model's groups into one bundle; the side-by-side report of several models.
 
-    python -m flows.evaluate group NAME SLUG    -> <evaluate.out>/groups/NAME/SLUG, metrics/evaluate/NAME-SLUG.json
-    python -m flows.evaluate merge NAME         -> <evaluate.out>/models/NAME, metrics/evaluate-NAME.json
-    python -m flows.evaluate compare            -> <evaluate.report> (every model of evaluate.models, in order)
+    python -m flows.evaluate group NAME VIEW GROUP -> <evaluate.out>/groups/NAME/VIEW/GROUP,
+                                                      metrics/evaluate/NAME-VIEW-GROUP.json
+    python -m flows.evaluate merge NAME VIEW       -> <evaluate.out>/models/NAME/VIEW, metrics/evaluate-NAME-VIEW.json
+    python -m flows.evaluate compare               -> <evaluate.report>: every model of evaluate.models in every view
 
 params.yaml keys read:
   experiment                 experiments/<experiment>.yaml, whose `eval:` section sets decoding and batching
@@ -11,15 +12,17 @@ params.yaml keys read:
   evaluate.out, evaluate.report
   evaluate.limit             samples per task (null: all), overrides eval.limit
   evaluate.batch_size        overrides eval.batch_size
-  evaluate.groups.<GROUP>    the categories of a task group (one DVC stage per model and group)
+  evaluate.groups.<GROUP>    the categories of a task group (one DVC stage per model and group); `all`: every one
   evaluate.models.<NAME>     the model spec: a string (experiment config, checkpoint folder, models:/name@alias,
-                             hf:<id>) or {model: <spec>, vpgc: on|off, blind: true|false}; blind = the model's
-                             blind control (images replaced by blank ones of the same size)
+                             hf:<id>) or {model: <spec>, vpgc: on|off}
+  evaluate.views             `images` (the model as it is) and `blind` (its control: every image replaced by a
+                             blank one of the same size); each model is evaluated, merged and reported per view
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +41,26 @@ from flows.params import load_params
 from flows.tracking import tracked_stage
 
 ARTIFACTS = ("results.json", "report.md", "categories.png")
+VIEWS = ("images", "blind")
 
 
 def bundle_metrics(results: dict) -> dict[str, Any]:
-    """Category and task scores (x100) of both scorers, plus counts; categories without a scored task left out."""
+    """Category and task scores (x100) of both scorers, plus counts; categories without a scored task left out.
+    Beside them the overall score and the 95% interval bounds (`parity.overall_ci.low`,
+    `parity.categories_ci.<category>.high`, ...) where an interval is defined."""
     metrics: dict[str, Any] = {}
     for scorer, summary in results["scores"].items():
         metrics[scorer] = {
             "categories": {c: r["score_x100"] for c, r in summary["categories"].items() if r["score_x100"] is not None},
             "tasks": {t: r["score_x100"] for t, r in summary["tasks"].items()},
+            "categories_ci": {},
         }
+    for r in results["intervals"]:
+        bounds = {"low": r["ci_low"], "high": r["ci_high"]} if r["ci_low"] is not None else None
+        if r["level"] == "overall":
+            metrics[r["scorer"]].update(overall=r["score"], **({"overall_ci": bounds} if bounds else {}))
+        elif r["level"] == "category" and bounds:
+            metrics[r["scorer"]]["categories_ci"][r["name"]] = bounds
     counts = results["counts"]
     metrics.update(samples=counts["samples"], errors=counts["errors"], empty=counts["empty"], cached=counts["cached"])
     return metrics
@@ -107,56 +120,76 @@ def merge_evaluations(bundles: list[str], out: str, metrics: str | None = None) 
 
 
 @flow(name="compare-evaluations")
-def compare_evaluations(bundles: dict[str, str], out: str) -> dict:
-    """A side-by-side report of several models' bundles ({label: folder})."""
+def compare_evaluations(bundles: dict[str, str], out: str, floors: dict[str, dict[str, float]] | None = None) -> dict:
+    """A side-by-side report of several models' bundles ({label: folder}), with the baselines' category scores
+    ({baseline: {category: x100}}) as the floors to read them against."""
     with tracked_stage("evaluate-compare", {"bundles": bundles, "out": out}):
-        record = compare_bundles([(label, Path(folder)) for label, folder in bundles.items()], Path(out))
+        labeled = [(label, Path(folder)) for label, folder in bundles.items()]
+        record = compare_bundles(labeled, Path(out), floors=floors)
         for name in ("compare.md", "compare.png", "compare.json"):
             mlflow.log_artifact(str(Path(out) / name))
     return record
 
 
-def model_spec(p: dict, name: str) -> tuple[str, bool | None, bool]:
-    """(spec, VPG-C switch, blind) of `evaluate.models.<name>` in params.yaml."""
+def model_spec(p: dict, name: str) -> tuple[str, bool | None]:
+    """(spec, vpgc switch) of `evaluate.models.<name>` in params.yaml."""
     models = p.get("evaluate", {}).get("models") or {}
     if name not in models:
         raise UserError(f"params.yaml: no evaluate.models.{name}; known: {sorted(models)}")
     entry = models[name]
     if isinstance(entry, str):
-        return entry, None, False
-    if isinstance(entry, dict) and isinstance(entry.get("model"), str) and set(entry) <= {"model", "vpgc", "blind"}:
-        vpgc, blind = entry.get("vpgc"), entry.get("blind", False)
+        return entry, None
+    if isinstance(entry, dict) and isinstance(entry.get("model"), str) and set(entry) <= {"model", "vpgc"}:
+        vpgc = entry.get("vpgc")
         if vpgc not in (None, "on", "off", True, False):
             raise UserError(f"params.yaml: evaluate.models.{name}.vpgc must be on or off, not {vpgc!r}")
-        if not isinstance(blind, bool):
-            raise UserError(f"params.yaml: evaluate.models.{name}.blind must be true or false, not {blind!r}")
-        return entry["model"], None if vpgc is None else vpgc in ("on", True), blind
-    raise UserError(
-        f"params.yaml: evaluate.models.{name} must be a spec string or {{model: SPEC, vpgc: on|off, blind: bool}}"
-    )
+        return entry["model"], None if vpgc is None else vpgc in ("on", True)
+    raise UserError(f"params.yaml: evaluate.models.{name} must be a spec string or {{model: SPEC, vpgc: on|off}}")
+
+
+def baseline_floors(p: dict) -> dict[str, dict[str, float]]:
+    """{baseline kind: {category: parity score x100}} from the score stages' summaries (absent ones left out)."""
+    floors = {}
+    for kind in (p.get("baseline") or {}).get("kinds") or []:
+        summary = Path(p["score"]["out"]) / kind / "parity" / "summary.json"
+        if summary.is_file():
+            categories = json.loads(summary.read_text(encoding="utf-8"))["categories"]
+            floors[kind] = {name: row["score_x100"] for name, row in categories.items()
+                            if row["score_x100"] is not None}  # fmt: skip
+    return floors
+
+
+def label(model: str, view: str) -> str:
+    """The report's name of a model seen one way: `vpgc-synthetic`, its blind control `vpgc-synthetic-blind`."""
+    return model if view == "images" else f"{model}-{view}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run an evaluation stage with the settings of params.yaml.")
     steps = parser.add_subparsers(dest="step", required=True)
-    one = steps.add_parser("group", help="one model (a key of evaluate.models) on one task group (evaluate.groups)")
+    one = steps.add_parser("group", help="one model (evaluate.models) in one view on one task group")
     one.add_argument("model_name")
+    one.add_argument("view", choices=VIEWS)
     one.add_argument("group")
-    steps.add_parser("merge", help="merge a model's group bundles into one").add_argument("model_name")
-    steps.add_parser("compare", help="side-by-side report of every model in evaluate.models")
+    merge = steps.add_parser("merge", help="merge a model's group bundles of one view into one")
+    merge.add_argument("model_name")
+    merge.add_argument("view", choices=VIEWS)
+    steps.add_parser("compare", help="side-by-side report of every model in evaluate.models, in every view")
     args = parser.parse_args()
     p = load_params()
     section = p.get("evaluate") or {}
     out = Path(section.get("out", "data/eval"))
     if args.step == "compare":
-        names = list(section.get("models") or {})
-        compare_evaluations({name: str(out / "models" / name) for name in names}, section.get("report", "data/report"))
+        bundles = {label(name, view): str(out / "models" / name / view) for view in section.get("views") or ["images"]
+                   for name in section.get("models") or {}}  # fmt: skip
+        compare_evaluations(bundles, section.get("report", "data/report"), floors=baseline_floors(p))
     elif args.step == "merge":
-        groups = [out / "groups" / args.model_name / name for name in section.get("groups") or {}]
+        groups = [out / "groups" / args.model_name / args.view / name for name in section.get("groups") or {}]
         found = [str(g) for g in groups if (g / "results.json").is_file()]
-        merge_evaluations(found, str(out / "models" / args.model_name), f"metrics/evaluate-{args.model_name}.json")
+        merged = out / "models" / args.model_name / args.view
+        merge_evaluations(found, str(merged), f"metrics/evaluate-{args.model_name}-{args.view}.json")
     else:
-        spec, vpgc, blind = model_spec(p, args.model_name)
+        spec, vpgc = model_spec(p, args.model_name)
         groups = section.get("groups") or {}
         if args.group not in groups:
             raise UserError(f"params.yaml: evaluate.groups has no {args.group!r}; known: {sorted(groups)}")
@@ -164,14 +197,14 @@ def main() -> None:
         evaluate_model(
             spec,
             p["data"]["normalized"],
-            str(out / "groups" / args.model_name / args.group),
+            str(out / "groups" / args.model_name / args.view / args.group),
             experiment=f"experiments/{p['experiment']}.yaml",
             group=args.group,
-            categories=list(groups[args.group]),
+            categories=None if groups[args.group] == "all" else list(groups[args.group]),
             vpgc=vpgc,
-            blind=blind,
+            blind=args.view == "blind",
             overrides=overrides,
-            metrics=f"metrics/evaluate/{args.model_name}-{args.group}.json",
+            metrics=f"metrics/evaluate/{args.model_name}-{args.view}-{args.group}.json",
         )
 
 

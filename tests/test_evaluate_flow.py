@@ -31,6 +31,7 @@ def test_evaluate_stage_reads_params_tracks_and_merges(tmp_path, prefect_api, mo
                 "batch_size": 2,
                 "groups": {"multimodal-dialogue": ["Multimodal Dialogue"]},
                 "models": {"tiny": {"model": "experiments/tiny-test.yaml", "vpgc": "on"}},
+                "views": ["images", "blind"],
             },
         },
     )
@@ -41,13 +42,13 @@ def test_evaluate_stage_reads_params_tracks_and_merges(tmp_path, prefect_api, mo
     mini_normalized(tmp_path / "mini", per_task=2)
     shutil.copytree(tmp_path / "mini", ws / "data", dirs_exist_ok=True)
     env = {**env, "DEMONLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    run([sys.executable, "-m", "flows.evaluate", "group", "tiny", "multimodal-dialogue"], ws, env)
-    bundle = ws / "data/eval/groups/tiny/multimodal-dialogue"
+    run([sys.executable, "-m", "flows.evaluate", "group", "tiny", "images", "multimodal-dialogue"], ws, env)
+    bundle = ws / "data/eval/groups/tiny/images/multimodal-dialogue"
     results = json.loads((bundle / "results.json").read_text())
     assert results["counts"]["samples"] == 2 and set(results["counts"]["tasks"]) == {"ALFRED", "MMCoQA"}  # limit 1
     assert results["generation"]["batch_size"] == 2 and results["generation"]["max_new_tokens"] == 6
     assert results["model"]["config"]["vpgc_enabled"] is True and results["data"]["path"] == "data/normalized"
-    metrics = json.loads((ws / "metrics/evaluate/tiny-multimodal-dialogue.json").read_text())
+    metrics = json.loads((ws / "metrics/evaluate/tiny-images-multimodal-dialogue.json").read_text())
     assert set(metrics["parity"]["categories"]) == {"Multimodal Dialogue"} and metrics["samples"] == 2
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
@@ -68,14 +69,19 @@ def test_evaluate_stage_reads_params_tracks_and_merges(tmp_path, prefect_api, mo
         monkeypatch.setenv(key, env[key])
     monkeypatch.chdir(ws)
     with temporary_settings({PREFECT_API_URL: prefect_api}):  # Prefect read its settings when it was imported
-        for argv in (["merge", "tiny"], ["compare"]):
+        argvs = (["group", "tiny", "blind", "multimodal-dialogue"], ["merge", "tiny", "images"],
+                 ["merge", "tiny", "blind"], ["compare"])  # fmt: skip
+        for argv in argvs:
             monkeypatch.setattr(sys, "argv", ["flows.evaluate", *argv])
             evaluate_flow.main()
-    merged = json.loads((ws / "data/eval/models/tiny/results.json").read_text())
+    merged = json.loads((ws / "data/eval/models/tiny/images/results.json").read_text())
     assert merged["scores"] == results["scores"]
-    assert merged["merged_from"] == [str(Path("data/eval/groups/tiny/multimodal-dialogue"))]
-    assert json.loads((ws / "metrics/evaluate-tiny.json").read_text()) == metrics
-    assert "| category | tiny |" in (ws / "data/report/compare.md").read_text()
+    assert merged["merged_from"] == [str(Path("data/eval/groups/tiny/images/multimodal-dialogue"))]
+    assert json.loads((ws / "metrics/evaluate-tiny-images.json").read_text()) == metrics
+    blind = json.loads((ws / "data/eval/models/tiny/blind/results.json").read_text())
+    assert blind["model"]["blind"] is True and blind["model"]["fingerprint"] != merged["model"]["fingerprint"]
+    compare = json.loads((ws / "data/report/compare.json").read_text())
+    assert list(compare["bundles"]) == ["tiny", "tiny-blind"]  # each model beside its blind control
     stages = {
         r.data.tags["demonlab.stage"] for r in mlflow.search_runs(experiment_names=["demonlab"], output_format="list")
     }

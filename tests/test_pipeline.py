@@ -15,21 +15,19 @@ import pytest
 import yaml
 from workspace import project_workspace, run
 
-from components.demon.registry import categories
-from components.evaluation.inference import category_slug
 from components.servers import background
 
 DEMONLAB = str(Path(sys.executable).with_name("demonlab"))
 DVC = [sys.executable, "-m", "dvc"]
 # every kind of stage at its smallest: a few scenes, two optimizer steps, one DEMON sample per task, one model
-# (VPG-C on synthetic data) on one task group holding every category
+# (VPG-C on synthetic data) seeing its images, on one task group holding every category (`all`)
 SMALL = {"synth": {"limit": 24}, "train": {"max_steps": 2}, "evaluate": {"limit": 1, "batch_size": 8}}
-ALL_CATEGORIES = [category_slug(c) for c in categories()]
 GRAPH = {
     "train": {"variants": {"synthetic": {}}},
     "evaluate": {
         "models": {"vpgc-synthetic": "data/checkpoints/vpgc-synthetic/final"},
-        "groups": {"all": ALL_CATEGORIES},
+        "groups": {"demon": "all"},
+        "views": ["images"],
     },
 }
 
@@ -68,6 +66,7 @@ def test_pipeline_survives_a_kill_tracks_everything_and_knows_what_is_stale(tmp_
     second = run([DEMONLAB, "run"], ws, env)
     report = ws / "data/report/compare.md"
     assert f"report: {report}" in second.stdout
+    assert "vpgc-synthetic (parity x100): overall " in second.stdout and " ± " in second.stdout  # n and interval
     runs = stage_runs(env)
     finished = [
         r.data.tags.get("dvc.stage") for r in runs if r.info.status == "FINISHED" and "dvc.stage" in r.data.tags
@@ -82,11 +81,11 @@ def test_pipeline_survives_a_kill_tracks_everything_and_knows_what_is_stale(tmp_
     compare = json.loads((ws / "data/report/compare.json").read_text())
     assert set(compare["scores"]["parity"]["categories"]) == {"vpgc-synthetic"}
     samples = pd.read_parquet(ws / "data/normalized/samples.parquet")
-    merged = json.loads((ws / "data/eval/models/vpgc-synthetic/results.json").read_text())
+    merged = json.loads((ws / "data/eval/models/vpgc-synthetic/images/results.json").read_text())
     assert merged["counts"]["samples"] == samples["task"].nunique() == 29  # limit 1 per task, all 29 tasks
-    metrics = json.loads((ws / "metrics/evaluate-vpgc-synthetic.json").read_text())
+    metrics = json.loads((ws / "metrics/evaluate-vpgc-synthetic-images.json").read_text())
     by_stage = {r.data.tags.get("dvc.stage"): r for r in runs}
-    logged = by_stage["merge@vpgc-synthetic"].data.metrics
+    logged = by_stage["merge@vpgc-synthetic-images"].data.metrics
     for category, value in metrics["parity"]["categories"].items():
         assert logged[f"parity.categories.{category}"] == pytest.approx(value)
 

@@ -2,8 +2,9 @@
 
     <out>/<Task>/pred.json   the release's layout: [{"sample_id", "pred_response", "gt_response"}], by sample_id
     <out>/samples.jsonl      one row per sample: prompt hash, raw output, error, extracted answer, both scores
-    <out>/results.json       task and category scores for both scorers beside the paper's, counts, timing, model
-                             fingerprint, generation settings, data hash, seeds, versions, git commit
+    <out>/results.json       task and category scores for both scorers beside the paper's, each score's n and 95%
+                             bootstrap interval (`intervals`), counts, timing, model fingerprint, generation
+                             settings, data hash and source (mini-DEMON or DEMON-Core), seeds, versions, git commit
     <out>/report.md          the same as tables; <out>/categories.png: category scores beside the paper's
 
 A sample without an answer (its images failed, it ran out of memory alone) is scored as an empty answer, exactly
@@ -26,6 +27,7 @@ from typing import Any
 from components import atomic
 from components.demon.registry import get_task
 from components.errors import UserError
+from components.evaluation.intervals import Bootstrap, score_intervals
 from components.evaluation.report import summarize
 from components.evaluation.scorers import SCORERS, ScoringError, TaskScore, score_task
 
@@ -131,13 +133,20 @@ def _counts(rows: Sequence[dict]) -> dict[str, Any]:
     }
 
 
-def write_bundle(out: Path, rows: list[dict], meta: Mapping[str, Any], compare_runs: Mapping | None = None) -> dict:
+def write_bundle(
+    out: Path,
+    rows: list[dict],
+    meta: Mapping[str, Any],
+    compare_runs: Mapping | None = None,
+    bootstrap: Bootstrap | None = None,
+) -> dict:
     """Score `rows` (from `sample_row`) and write the whole bundle into `out`; returns results.json's content.
 
     `meta`: model, generation, data, selection, provenance, timing (whatever the caller knows; kept as given).
     `compare_runs`: {run id: scores} of earlier MLflow runs to show beside ours (`report.run_scores`).
+    `bootstrap`: resamples, confidence and seed of the intervals (default `intervals.Bootstrap()`).
     """
-    from components.evaluation.bundle_report import write_report
+    from components.evaluation.bundle_report import data_source, write_report
 
     out = Path(out)
     rows = sorted(rows, key=lambda r: (r["task"], r["sample_id"]))
@@ -162,7 +171,10 @@ def write_bundle(out: Path, rows: list[dict], meta: Mapping[str, Any], compare_r
         "counts": _counts(rows),
         "sample_errors": [{"uid": r["uid"], "error": r["error"]} for r in failures[:ERROR_EXAMPLES]],
         "scoring_errors": scoring_errors,
+        "data_source": data_source(meta),
         "scores": summaries,
+        "interval_method": (bootstrap or Bootstrap()).record(),
+        "intervals": score_intervals(rows, bootstrap or Bootstrap()),
         "compare_runs": dict(compare_runs or {}),
     }
     atomic.write_json(out / RESULTS_FILE, results)
@@ -212,7 +224,7 @@ def _merged_meta(parts: Sequence[tuple[Path, dict]]) -> dict[str, Any]:
         for key, value in results.get("timing", {}).items():
             if isinstance(value, int | float):
                 timing[key] = timing.get(key, 0) + value
-    keep = ("model", "generation", "data", "provenance")
+    keep = ("model", "generation", "data", "data_source", "provenance")
     return {
         **{key: first[key] for key in keep if key in first},
         "selection": selection,

@@ -1,12 +1,15 @@
 """Human-readable reports of evaluation bundles: one bundle beside the paper (and earlier MLflow runs), or several
 bundles side by side (the ablation: backbone only, VPG-C on captions, VPG-C with synthetic training).
 
-Scores are x100, category = unweighted mean of its task scores, as the paper reports them. A category missing
-tasks is marked `*`: its mean covers the scored tasks only and is not comparable with the paper's number.
+Scores are x100, category = unweighted mean of its task scores, as the paper reports them; overall = unweighted mean
+of the category scores (ours; the paper has none). Every score of ours is shown as `score ± half-width (n)`: n
+samples, half the width of its 95% bootstrap interval (`intervals`); comparisons add paired differences. A category
+missing tasks is marked `*`: its mean covers the scored tasks only and is not comparable with the paper's number.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from typing import Any
 from components import atomic
 from components.demon.registry import categories
 from components.errors import UserError
+from components.evaluation.intervals import Bootstrap, compare_intervals, format_difference, format_interval
 from components.evaluation.report import HEADLINE_MODELS, paper_category_scores, paper_task_scores
 from components.evaluation.scorers import SCORERS
 
@@ -23,10 +27,14 @@ ABLATION_ROWS = (
     "Ablation 3: + VPG-C trained on captions only",
     "Ablation 4: + synthetic discriminative training (full VPG-C)",
 )
-Column = tuple[str, Mapping[str, float | None]]  # (header, {row key: value x100 or None})
+MINI_DEMON, DEMON_CORE, UNKNOWN_DATA = "mini-DEMON (procedural)", "DEMON-Core", "DEMON data of unrecorded origin"
+Column = tuple[str, Mapping[str, float | str | None]]  # (header, {row key: value x100, a formatted cell, or None})
+Bounds = Mapping[str, tuple[float, float]]  # {row key: (ci_low, ci_high)}
 
 
-def _fmt(value: float | None) -> str:
+def _fmt(value: float | str | None) -> str:
+    if isinstance(value, str):
+        return value
     return "-" if value is None else f"{value:.2f}"
 
 
@@ -49,6 +57,43 @@ def category_scores(summary: Mapping) -> dict[str, float | None]:
 
 def task_scores(summary: Mapping) -> dict[str, float]:
     return {t: row["score_x100"] for t, row in summary["tasks"].items()}
+
+
+def _cells(intervals: Sequence[Mapping], scorer: str, model: str | None = None) -> dict[str, str]:
+    """{"overall", category or task: `score ± half-width (n)`} of one scorer's (and one model's) records."""
+    return {r["name"]: format_interval(r) for r in intervals if r["scorer"] == scorer and r.get("model") == model}
+
+
+def _bounds(intervals: Sequence[Mapping], scorer: str, model: str | None = None) -> dict[str, tuple[float, float]]:
+    return {r["name"]: (r["ci_low"], r["ci_high"]) for r in intervals
+            if r["scorer"] == scorer and r.get("model") == model and r["ci_low"] is not None}  # fmt: skip
+
+
+def data_source(results: Mapping) -> str:
+    """Which data a bundle was scored on: as recorded (`data_source`), else told by the data's image root, where the
+    mini-DEMON builder leaves its stamp (it never writes into a real DEMON download, so the stamp is reliable)."""
+    from components.demon.mini import STAMP
+
+    if "data_source" in results:
+        return results["data_source"]
+    root = results.get("data", {}).get("image_root")
+    if root is None or not Path(root).is_dir():
+        return UNKNOWN_DATA
+    return MINI_DEMON if (Path(root) / STAMP).is_file() else DEMON_CORE
+
+
+def describe_data(results: Mapping) -> str:
+    """`mini-DEMON (procedural), 8 samples per task` (a range where the tasks' counts differ)."""
+    counts = sorted(set(results["counts"]["tasks"].values())) or [0]
+    per_task = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"{data_source(results)}, {per_task} sample{'' if per_task == '1' else 's'} per task"
+
+
+def paper_note(sources: Sequence[str]) -> str:
+    """What the paper's columns are, said so no one reads them as the same benchmark as ours."""
+    if all(source == DEMON_CORE for source in sources):
+        return "paper columns: the paper's numbers on DEMON-Core"
+    return "paper columns: the paper's numbers on DEMON-Core, not comparable to mini-DEMON scores"
 
 
 def _category_labels(summary: Mapping) -> dict[str, str]:
@@ -88,9 +133,13 @@ def run_scores(run_id: str) -> dict[str, dict[str, dict[str, float]]]:
     return found
 
 
-def plot_categories(path: Path, columns: Sequence[Column], title: str) -> None:
-    """Grouped horizontal bars: one group per category, one bar per column (missing values left out)."""
+def plot_categories(
+    path: Path, columns: Sequence[Column], title: str, bounds: Mapping[str, Bounds] | None = None
+) -> None:
+    """Grouped horizontal bars: one group per category, one bar per column (missing values left out); `bounds`
+    ({column header: {category: (low, high)}}) draws the intervals as error bars."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -100,8 +149,13 @@ def plot_categories(path: Path, columns: Sequence[Column], title: str) -> None:
     figure, axis = plt.subplots(figsize=(9, 1.0 + 0.45 * len(names) * max(1, len(columns) / 3)))
     for k, (label, values) in enumerate(columns):
         ys = [i + k * height for i, c in enumerate(names) if values.get(c) is not None]
-        xs = [values[c] for c in names if values.get(c) is not None]
-        axis.barh(ys, xs, height=height, label=label)
+        shown = [c for c in names if values.get(c) is not None]
+        xs = [values[c] for c in shown]
+        xerr = None
+        if label in (bounds or {}):  # a bar without an interval gets no error bar (NaN), not a zero-width one
+            spans = np.array([bounds[label].get(c, (np.nan, np.nan)) for c in shown]).reshape(-1, 2)
+            xerr = np.stack([xs - spans[:, 0], spans[:, 1] - xs])
+        axis.barh(ys, xs, height=height, label=label, xerr=xerr, error_kw={"elinewidth": 0.8, "capsize": 2})
     axis.set_yticks([i + 0.4 - height / 2 for i in range(len(names))], names)
     axis.invert_yaxis()
     axis.set_xlabel("score x100")
@@ -122,7 +176,8 @@ def _describe(results: Mapping) -> list[str]:
         f"- model: `{model.get('spec')}` ({model.get('kind')}{vpgc}), "
         f"fingerprint `{str(model.get('fingerprint'))[:16]}`",
         f"- decoding: {gen.get('key')}, batch size {gen.get('batch_size')}",
-        f"- data: `{data.get('path')}` (samples.parquet sha256 `{str(data.get('samples_sha256'))[:16]}`), "
+        f"- data: {describe_data(results)}, `{data.get('path')}` "
+        f"(samples.parquet sha256 `{str(data.get('samples_sha256'))[:16]}`), "
         f"limit per task: {results.get('selection', {}).get('limit')}",
         f"- samples: {counts['samples']} in {len(counts['tasks'])} tasks; answered {counts['answered']}, "
         f"errors {counts['errors']}, empty answers {counts['empty']}; cached {counts['cached']}, "
@@ -133,25 +188,30 @@ def _describe(results: Mapping) -> list[str]:
     return lines
 
 
+def _uncertainty_note(method: Mapping) -> str:
+    return (
+        f"Ours: `score ± half-width (n)`: n samples, half the width of the {method['confidence']:.0%} interval "
+        f"({method['interval']}, {method['resamples']:,} resamples, seed {method['seed']}; `n/a`: a task with fewer "
+        f"than {method['min_samples']} samples). overall = unweighted mean of the category scores (not in the paper)."
+    )
+
+
 def write_report(out: Path, results: Mapping[str, Any]) -> None:
-    """`report.md` and `categories.png` for one bundle: both scorers beside the paper and any compared run."""
-    scores = results["scores"]
+    """`report.md` and `categories.png` for one bundle: both scorers with intervals beside the paper and any compared
+    run."""
+    scores, intervals = results["scores"], results["intervals"]
     paper_categories, paper_tasks = paper_category_scores(), paper_task_scores()
     compared = results.get("compare_runs", {})
-    cat_columns: list[Column] = [(f"ours ({s})", category_scores(scores[s])) for s in SCORERS]
-    task_columns: list[Column] = [(f"ours ({s})", task_scores(scores[s])) for s in SCORERS]
-    for run_id, run in compared.items():
-        for scorer in SCORERS:
-            if scorer in run:
-                cat_columns.append((f"run {run_id[:8]} ({scorer})", run[scorer].get("categories", {})))
-                task_columns.append((f"run {run_id[:8]} ({scorer})", run[scorer].get("tasks", {})))
+    ours: list[Column] = [(f"ours ({s})", _cells(intervals, s)) for s in SCORERS]
+    runs = [(f"run {run_id[:8]} ({scorer})", run[scorer]) for run_id, run in compared.items() for scorer in SCORERS
+            if scorer in run]  # fmt: skip
+    run_cat: list[Column] = [(header, run.get("categories", {})) for header, run in runs]
+    run_task: list[Column] = [(header, run.get("tasks", {})) for header, run in runs]
     paper_cat = [(label, {c: paper_categories[c].get(m) for c in categories()}) for m, label in
                  HEADLINE_MODELS.items()]  # fmt: skip
     paper_task = [(label, {t: row.get(m) for t, row in paper_tasks.items()}) for m, label in
                   HEADLINE_MODELS.items()]  # fmt: skip
     task_names = sorted(scores["parity"]["tasks"] | scores["strict"]["tasks"])
-    task_labels = {t: f"{t} ({scores['parity']['tasks'].get(t, scores['strict']['tasks'].get(t))['n']})" for t in
-                   task_names}  # fmt: skip
     lines = [
         f"# DEMON evaluation: `{results.get('model', {}).get('spec')}`",
         "",
@@ -160,17 +220,21 @@ def write_report(out: Path, results: Mapping[str, Any]) -> None:
         "## Category scores (x100)",
         "",
         "parity = the official scorer's algorithm (compare with the paper); strict = explicit answer extraction "
-        "(no silent option 0). Paper: Table 2. `*` = tasks missing, not comparable with the paper.",
+        f"(no silent option 0). {_uncertainty_note(results['interval_method'])} Paper: Table 2; "
+        f"{paper_note([data_source(results)])}. `*` = tasks missing, not comparable with the paper.",
         "",
         markdown_table(
-            "category (tasks)", list(categories()), cat_columns + paper_cat, _category_labels(scores["parity"])
-        ),
+            "category (tasks)",
+            ["overall", *categories()],
+            ours + run_cat + paper_cat,
+            _category_labels(scores["parity"]),
+        ),  # fmt: skip
         "",
         "![category scores](categories.png)",
         "",
         "## Task scores (x100)",
         "",
-        markdown_table("task (n)", task_names, task_columns + paper_task, task_labels),
+        markdown_table("task", task_names, ours + run_task + paper_task),
     ]
     errors = {s: e for s, e in results.get("scoring_errors", {}).items() if e}
     if errors:
@@ -182,12 +246,31 @@ def write_report(out: Path, results: Mapping[str, Any]) -> None:
         if results["counts"]["errors"] > len(results["sample_errors"]):
             lines.append("- ... the rest are in samples.jsonl (`error` field)")
     atomic.write_text(Path(out) / "report.md", "\n".join(lines) + "\n")
-    plot_categories(Path(out) / "categories.png", cat_columns + paper_cat, "DEMON category scores")
+    plot_columns = [(f"ours ({s})", category_scores(scores[s])) for s in SCORERS] + run_cat + paper_cat
+    bounds = {f"ours ({s})": _bounds(intervals, s) for s in SCORERS}
+    plot_categories(Path(out) / "categories.png", plot_columns, "DEMON category scores", bounds)
 
 
-def compare_bundles(labeled: Sequence[tuple[str, Path]], out: Path) -> dict:
-    """A side-by-side report of several bundles (`compare.md`, `compare.png`, `compare.json`) beside the paper's
-    ablation rows; returns compare.json's content."""
+def _pairing_notes(counts: Sequence[Mapping]) -> list[str]:
+    return [f"- {c['a']} - {c['b']}: {c['shared']} shared samples; not paired: {c['dropped_a']} only in {c['a']}, "
+            f"{c['dropped_b']} only in {c['b']}" for c in counts if c["dropped_a"] or c["dropped_b"]]  # fmt: skip
+
+
+def compare_bundles(
+    labeled: Sequence[tuple[str, Path]],
+    out: Path,
+    floors: Mapping[str, Mapping[str, float]] | None = None,
+    data_label: str | None = None,
+    bootstrap: Bootstrap | None = None,
+) -> dict:
+    """A side-by-side report of several bundles (`compare.md`, `compare.png`, `compare.json`): each model's scores
+    with intervals, the paired difference of every pair, beside the paper's ablation rows; returns compare.json's
+    content.
+
+    `floors`: {floor name: {category: score x100}} (chance, copying the context, ...) listed per category in the
+    header table. `data_label` overrides the data description read from the bundles. `bootstrap`: resamples,
+    confidence and seed of intervals and tests (default `intervals.Bootstrap()`).
+    """
     from components.evaluation.bundle import read_bundle
 
     if len(labeled) < 1:
@@ -195,16 +278,36 @@ def compare_bundles(labeled: Sequence[tuple[str, Path]], out: Path) -> dict:
     labels = [label for label, _ in labeled]
     if len(set(labels)) != len(labels):
         raise UserError(f"compare: labels must differ, got {labels}")
-    loaded = {label: read_bundle(folder)[0] for label, folder in labeled}
+    bootstrap = bootstrap or Bootstrap()
+    bundles = {label: read_bundle(folder) for label, folder in labeled}
+    loaded = {label: results for label, (results, _) in bundles.items()}
+    uncertainty = compare_intervals({label: rows for label, (_, rows) in bundles.items()}, bootstrap)
+    intervals, paired = uncertainty["intervals"], uncertainty["paired"]
+    described = {label: describe_data(results) for label, results in loaded.items()}
+    distinct = set(described.values())
+    data = data_label or (
+        distinct.pop() if len(distinct) == 1 else "; ".join(f"{k}: {v}" for k, v in described.items())
+    )
     paper = paper_category_scores()
     ablations: list[Column] = [
         (f"paper: {row.split(':')[0]}", {c: paper[c].get(row) for c in categories()}) for row in ABLATION_ROWS
     ]
-    record: dict[str, Any] = {"bundles": {label: str(folder) for label, folder in labeled}, "scores": {}}
-    lines = ["# DEMON: side-by-side", ""]
+    references: list[Column] = [(f"floor: {name}", values) for name, values in (floors or {}).items()] + ablations
+    record: dict[str, Any] = {
+        "bundles": {label: str(folder) for label, folder in labeled},
+        "data": data,
+        "floors": {name: dict(values) for name, values in (floors or {}).items()},
+        "scores": {},
+        **uncertainty,
+    }
+    lines = ["# DEMON: side-by-side", "", f"Data: {data}.", ""]
     lines += [f"- **{label}**: `{folder}` (model `{loaded[label].get('model', {}).get('spec')}`, "
               f"{loaded[label]['counts']['samples']} samples)" for label, folder in labeled]  # fmt: skip
-    lines += ["", "Paper ablation rows (Table 4): " + "; ".join(ABLATION_ROWS) + ".", "", "![categories](compare.png)"]
+    lines += ["", _uncertainty_note(uncertainty["interval_method"]), "", "## Reference points per category (x100)", "",
+              f"Paper ablation rows (Table 4): {'; '.join(ABLATION_ROWS)}; "
+              f"{paper_note([data_source(r) for r in loaded.values()])}.", "",
+              markdown_table("category", list(categories()), references), "", "![categories](compare.png)"]  # fmt: skip
+    pairs = list(itertools.combinations(labels, 2))
     for scorer in SCORERS:
         cat_columns: list[Column] = [(label, category_scores(loaded[label]["scores"][scorer])) for label in labels]
         task_columns: list[Column] = [(label, task_scores(loaded[label]["scores"][scorer])) for label in labels]
@@ -213,11 +316,23 @@ def compare_bundles(labeled: Sequence[tuple[str, Path]], out: Path) -> dict:
             "categories": {label: values for label, values in cat_columns},
             "tasks": {label: values for label, values in task_columns},
         }
-        lines += ["", f"## Categories, {scorer} (x100)", "", markdown_table("category", list(categories()),
-                  cat_columns + (ablations if scorer == "parity" else []))]  # fmt: skip
-        lines += ["", f"## Tasks, {scorer} (x100)", "", markdown_table("task", tasks, task_columns)]
+        cells = [(label, _cells(intervals, scorer, label)) for label in labels]
+        lines += ["", f"## Categories, {scorer} (x100)", "",
+                  markdown_table("category", ["overall", *categories()], cells)]  # fmt: skip
+        if pairs:
+            differences = [(f"{a} - {b}", {r["name"]: format_difference(r, bootstrap.confidence) for r in paired
+                            if (r["scorer"], r["a"], r["b"]) == (scorer, a, b)}) for a, b in pairs]  # fmt: skip
+            names = list(dict.fromkeys(r["name"] for r in paired if r["scorer"] == scorer))
+            lines += ["", f"## Paired differences, {scorer} (x100)", "",
+                      f"a - b on the samples both answered: diff [low, high] of the {bootstrap.confidence:.0%} paired "
+                      "bootstrap interval, p of a two-sided sign-flip permutation test, (n); **bold**: the interval "
+                      f"excludes 0 and p < {1 - bootstrap.confidence:.2g} (at a few samples the interval alone "
+                      "is too narrow).", *_pairing_notes(uncertainty["paired_samples"]), "",
+                      markdown_table("overall, category, task", names, differences)]  # fmt: skip
+        lines += ["", f"## Tasks, {scorer} (x100)", "", markdown_table("task", tasks, cells)]
         if scorer == "parity":
-            plot_categories(Path(out) / "compare.png", cat_columns + ablations, "DEMON categories (parity)")
+            bounds = {label: _bounds(intervals, scorer, label) for label in labels}
+            plot_categories(Path(out) / "compare.png", cat_columns + ablations, "DEMON categories (parity)", bounds)
     atomic.write_text(Path(out) / "compare.md", "\n".join(lines) + "\n")
     atomic.write_json(Path(out) / "compare.json", record)
     return record

@@ -130,7 +130,7 @@ def evaluate(
             "generate_s": sum(s["generate_s"] for s in all_stats),
             "batches": sum(s["batches"] for s in all_stats),
             "oom_splits": sum(s["oom_splits"] for s in all_stats),
-            "batch_failures": sum(s.get("batch_failures", 0) for s in all_stats),
+            "batch_failures": sum(s["batch_failures"] for s in all_stats),
             "per_rank": all_stats,
         },
     }
