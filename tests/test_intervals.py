@@ -205,7 +205,7 @@ def test_compare_json_and_md_follow_the_contract(bundles, tmp_path):
     assert "Data: even: mini-DEMON (procedural), 4 samples per task; low: mini-DEMON (procedural), 3-4 samples" in table
     assert "| category | floor: chance | floor: copy context | paper: Ablation 1 |" in table
     assert "not comparable to mini-DEMON scores" in table and "| even - low |" in table
-    assert "1 only in even" in table and "| overall | **-" in table  # "low" is right on one more sample per task
+    assert "1 only in even" in table and "| even - low | **-" in table  # "low" is right on one more sample per task
     relabelled = compare_bundles([("even", bundles["even"])], tmp_path / "one", data_label="DEMON-Core, 50 per task")
     assert relabelled["data"] == "DEMON-Core, 50 per task" and relabelled["paired"] == []
 

@@ -320,15 +320,16 @@ def compare_bundles(
         lines += ["", f"## Categories, {scorer} (x100)", "",
                   markdown_table("category", ["overall", *categories()], cells)]  # fmt: skip
         if pairs:
-            differences = [(f"{a} - {b}", {r["name"]: format_difference(r, bootstrap.confidence) for r in paired
-                            if (r["scorer"], r["a"], r["b"]) == (scorer, a, b)}) for a, b in pairs]  # fmt: skip
+            # one row per pair, one column per level: as many columns as scored levels, however many models
             names = list(dict.fromkeys(r["name"] for r in paired if r["scorer"] == scorer))
+            differences = [(name, {f"{r['a']} - {r['b']}": format_difference(r, bootstrap.confidence) for r in paired
+                            if (r["scorer"], r["name"]) == (scorer, name)}) for name in names]  # fmt: skip
             lines += ["", f"## Paired differences, {scorer} (x100)", "",
                       f"a - b on the samples both answered: diff [low, high] of the {bootstrap.confidence:.0%} paired "
                       "bootstrap interval, p of a two-sided sign-flip permutation test, (n); **bold**: the interval "
                       f"excludes 0 and p < {1 - bootstrap.confidence:.2g} (at a few samples the interval alone "
                       "is too narrow).", *_pairing_notes(uncertainty["paired_samples"]), "",
-                      markdown_table("overall, category, task", names, differences)]  # fmt: skip
+                      markdown_table("a - b", [f"{a} - {b}" for a, b in pairs], differences)]  # fmt: skip
         lines += ["", f"## Tasks, {scorer} (x100)", "", markdown_table("task", tasks, cells)]
         if scorer == "parity":
             bounds = {label: _bounds(intervals, scorer, label) for label in labels}
