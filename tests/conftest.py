@@ -1,4 +1,5 @@
-"""Test-wide settings (quiet, offline, the environment's executables first) and shared server fixtures."""
+"""Test-wide settings (quiet, offline, the environment's executables first), shared server fixtures, and the skip
+rule: in CI (`CI=true`) a skipped test fails the run; elsewhere its reason says how to install what is missing."""
 
 import os
 import sys
@@ -21,3 +22,27 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
 
     with prefect_server(tmp_path_factory.mktemp("prefect")) as url:
         yield url
+
+
+# What .ci/run installs for the tests that drive real system programs; a skip reason naming one gets its command.
+INSTALL_HINTS = {
+    "Chromium": "apt-get install chromium",
+    "PostgreSQL": "apt-get install postgresql (any version)",
+}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail") or not isinstance(report.longrepr, tuple):
+        return
+    path, line, reason = report.longrepr
+    if os.environ.get("CI") == "true":
+        # CI must run every test: a missing program there is a broken CI image, not a reason to pass quietly
+        report.outcome = "failed"
+        report.longrepr = f"{path}:{line}: skipped in CI ({reason}); .ci/run installs what the tests need"
+        return
+    hints = [hint for name, hint in INSTALL_HINTS.items() if name.lower() in reason.lower() and hint not in reason]
+    if hints:
+        report.longrepr = (path, line, f"{reason}; to run it: {'; '.join(hints)}")

@@ -4,7 +4,9 @@ Real backends (SAM, diffusers inpainting, CLIP, a transformers LLM) run as tiny 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 import random
 import tarfile
@@ -336,28 +338,45 @@ def test_diffusers_inpainting_is_local_and_seeded(tmp_path_factory, photos, edit
 # ---------------------------------------------------------------------------------------------- segmenters
 
 
-def test_felzenszwalb_and_sam_give_image_sized_masks(tmp_path: Path, photos) -> None:
+def pinned_sam(folder: Path) -> Path:
+    """The tiny SAM with its IoU head pinned: every point's three masks score 0.2, 0.9 and 0.5 (the first of the
+    four mask tokens is the single-mask output, unused with multimask_output), so the best mask is the second."""
+    from transformers import SamModel
+
+    tiny_sam(folder)
+    model = SamModel.from_pretrained(folder)
+    head = model.mask_decoder.iou_prediction_head.proj_out
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([0.0, 0.2, 0.9, 0.5]))
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_sam_keeps_its_best_masks_above_min_score_once_and_felzenszwalb_partitions(tmp_path: Path, photos) -> None:
     item = photos.load(1)
-    config = synth_config_from_dict(
-        {
-            "source": {"kind": "folder", "captions": "c.tsv"},
-            "editor": {"kind": "pixel"},
-            "segmenter": {
-                "kind": "sam",
-                "model": str(tiny_sam(tmp_path / "sam")),
-                "points_per_side": 3,
-                "min_score": -1e9,
-            },
-        }
-    )
-    sam = SamSegmenter(config.segmenter)(item)
-    felz = SkimageSegmenter(
-        synth_config_from_dict({**config.to_dict(), "segmenter": {"kind": "felzenszwalb"}}).segmenter
-    )(item)
-    for regions in (sam, felz):
+    sam_model = str(pinned_sam(tmp_path / "sam"))
+
+    def sam(**options: float) -> list:
+        segmenter = {"kind": "sam", "model": sam_model, "points_per_side": 3, **options}
+        config = synth_config_from_dict(
+            {"source": {"kind": "folder", "captions": "c.tsv"}, "editor": {"kind": "pixel"}, "segmenter": segmenter}
+        )
+        return SamSegmenter(config.segmenter)(item)
+
+    assert sam(min_score=0.91) == []  # every point's best mask predicts IoU 0.9: all below the threshold
+    every = sam(min_score=0.89, dedupe_iou=1.0)  # all kept (an IoU above 1 is impossible: no duplicate)
+    distinct = sam(min_score=0.89, dedupe_iou=0.5)
+    assert 0 < len(distinct) < len(every) <= 9  # one mask per point prompt at most; duplicates dropped
+    assert all(any(np.array_equal(d.mask, e.mask) for e in every) for d in distinct)
+    for a, b in itertools.combinations(distinct, 2):
+        assert (a.mask & b.mask).sum() / (a.mask | b.mask).sum() <= 0.5
+    felz = SkimageSegmenter(synth_config_from_dict({"segmenter": {"kind": "felzenszwalb"}, "source": {
+        "kind": "folder", "captions": "c.tsv"}, "editor": {"kind": "pixel"}}).segmenter)(item)  # fmt: skip
+    for regions in (every, felz):
         assert regions and all(r.mask.shape == (item.image.height, item.image.width) for r in regions)
     assert np.array_equal(np.sum([r.mask for r in felz], axis=0), np.ones(felz[0].mask.shape))  # a partition
-    assert all(r.where and r.color for r in sam)
+    assert all(r.where and r.color for r in every)
 
 
 # ---------------------------------------------------------------------------------------------- planners
@@ -469,3 +488,14 @@ def test_filters_reject_edits_that_leak_or_do_nothing(tmp_path: Path, vision) ->
     assert all(-1 <= v.scores["clip_image"] <= 1 for v in verdicts[:4])
     narrow = synth_config(filter={"kind": "clip", "model": clip.model, "clip_min": 2.0}).filter
     assert {v.code for v in ClipFilter(narrow)(good)} == {"clip_similarity"}
+    # The direction rule alone: the same pair played backwards has the same image similarity and the opposite
+    # direction, so at clip_min_direction 0 exactly one of the two passes, and the other fails on direction only.
+    pair = good[max(range(4), key=lambda i: abs(verdicts[i].scores["clip_direction"]))]
+    backwards = Candidate(pair.edited, pair.original, pair.changed, pair.plan, pair.features)
+    directed = dataclasses.replace(clip, clip_min_direction=0.0)
+    forward, reverse = ClipFilter(directed)([pair, backwards])
+    direction = forward.scores["clip_direction"]
+    assert abs(direction) > 1e-4 and reverse.scores["clip_direction"] == pytest.approx(-direction, abs=1e-5)
+    assert forward.scores["clip_image"] == pytest.approx(reverse.scores["clip_image"], abs=1e-5)
+    kept, rejected = (forward, reverse) if direction > 0 else (reverse, forward)
+    assert kept.kept and (rejected.kept, rejected.code) == (False, "clip_direction")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -9,7 +11,13 @@ from vpgc_tiny import tiny_model, write_images
 
 from components.demon.schema import to_parts
 from components.errors import UserError
-from components.vpgc.checkpoints import WEIGHTS_FILE, load_checkpoint, load_lavis_weights, save_checkpoint
+from components.vpgc.checkpoints import (
+    WEIGHTS_FILE,
+    load_checkpoint,
+    load_lavis_weights,
+    map_lavis_key,
+    save_checkpoint,
+)
 from components.vpgc.prompts import Turn
 
 
@@ -49,89 +57,142 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
         load_checkpoint(model, tmp_path)
 
 
-def lavis_state_dict(model) -> dict[str, torch.Tensor]:
-    """A random state dict spelled the way the release's Cheetah/BLIP-2 `.pth` files spell it."""
-    g = torch.Generator().manual_seed(0)
+# The Cheetah model's state dict as the release builds it (DCDmllm/Cheetah, cheetah/models): names and shapes read off
+# its own modules, instantiated at this file's tiny sizes (2 ViT blocks, a 2-layer Q-Former with cross-attention in
+# layer 0, 4 decoder layers): eva_vit.py's VisionTransformer as create_eva_vit_g configures it; blip2.py's
+# init_Qformer (Qformer.py's BertLMHeadModel) after cheetah_vicuna.py drops its text branch and LM head; and
+# modeling_llama.py's LlamaForCausalLM, which set_qformer_and_proj gives VPG-C and the same Q-Former a second time.
+# {b}: ViT block, {l}: Q-Former layer, {x}: Q-Former layer with cross-attention, {d}: decoder layer. A decoder shape of
+# None is the test LLM's own (grouped-query, SmolLM2's vocabulary; the release's LLaMA code has neither).
+RELEASE_CHEETAH: dict[str, tuple[int, ...] | None] = {
+    "query_tokens": (1, 4, 32),
+    "visual_encoder.cls_token": (1, 1, 32),
+    "visual_encoder.pos_embed": (1, 5, 32),
+    "visual_encoder.patch_embed.proj.weight": (32, 3, 14, 14),
+    "visual_encoder.patch_embed.proj.bias": (32,),
+    "visual_encoder.blocks.{b}.norm1.weight": (32,),
+    "visual_encoder.blocks.{b}.norm1.bias": (32,),
+    "visual_encoder.blocks.{b}.attn.q_bias": (32,),
+    "visual_encoder.blocks.{b}.attn.v_bias": (32,),
+    "visual_encoder.blocks.{b}.attn.qkv.weight": (96, 32),
+    "visual_encoder.blocks.{b}.attn.proj.weight": (32, 32),
+    "visual_encoder.blocks.{b}.attn.proj.bias": (32,),
+    "visual_encoder.blocks.{b}.norm2.weight": (32,),
+    "visual_encoder.blocks.{b}.norm2.bias": (32,),
+    "visual_encoder.blocks.{b}.mlp.fc1.weight": (64, 32),
+    "visual_encoder.blocks.{b}.mlp.fc1.bias": (64,),
+    "visual_encoder.blocks.{b}.mlp.fc2.weight": (32, 64),
+    "visual_encoder.blocks.{b}.mlp.fc2.bias": (32,),
+    "ln_vision.weight": (32,),
+    "ln_vision.bias": (32,),
+    "Qformer.bert.embeddings.position_ids": (1, 512),
+    "Qformer.bert.embeddings.LayerNorm.weight": (32,),
+    "Qformer.bert.embeddings.LayerNorm.bias": (32,),
+    "Qformer.bert.encoder.layer.{l}.attention.self.query.weight": (32, 32),
+    "Qformer.bert.encoder.layer.{l}.attention.self.query.bias": (32,),
+    "Qformer.bert.encoder.layer.{l}.attention.self.key.weight": (32, 32),
+    "Qformer.bert.encoder.layer.{l}.attention.self.key.bias": (32,),
+    "Qformer.bert.encoder.layer.{l}.attention.self.value.weight": (32, 32),
+    "Qformer.bert.encoder.layer.{l}.attention.self.value.bias": (32,),
+    "Qformer.bert.encoder.layer.{l}.attention.output.dense.weight": (32, 32),
+    "Qformer.bert.encoder.layer.{l}.attention.output.dense.bias": (32,),
+    "Qformer.bert.encoder.layer.{l}.attention.output.LayerNorm.weight": (32,),
+    "Qformer.bert.encoder.layer.{l}.attention.output.LayerNorm.bias": (32,),
+    "Qformer.bert.encoder.layer.{x}.crossattention.self.query.weight": (32, 32),
+    "Qformer.bert.encoder.layer.{x}.crossattention.self.query.bias": (32,),
+    "Qformer.bert.encoder.layer.{x}.crossattention.self.key.weight": (32, 32),
+    "Qformer.bert.encoder.layer.{x}.crossattention.self.key.bias": (32,),
+    "Qformer.bert.encoder.layer.{x}.crossattention.self.value.weight": (32, 32),
+    "Qformer.bert.encoder.layer.{x}.crossattention.self.value.bias": (32,),
+    "Qformer.bert.encoder.layer.{x}.crossattention.output.dense.weight": (32, 32),
+    "Qformer.bert.encoder.layer.{x}.crossattention.output.dense.bias": (32,),
+    "Qformer.bert.encoder.layer.{x}.crossattention.output.LayerNorm.weight": (32,),
+    "Qformer.bert.encoder.layer.{x}.crossattention.output.LayerNorm.bias": (32,),
+    "Qformer.bert.encoder.layer.{l}.intermediate_query.dense.weight": (64, 32),
+    "Qformer.bert.encoder.layer.{l}.intermediate_query.dense.bias": (64,),
+    "Qformer.bert.encoder.layer.{l}.output_query.dense.weight": (32, 64),
+    "Qformer.bert.encoder.layer.{l}.output_query.dense.bias": (32,),
+    "Qformer.bert.encoder.layer.{l}.output_query.LayerNorm.weight": (32,),
+    "Qformer.bert.encoder.layer.{l}.output_query.LayerNorm.bias": (32,),
+    "llama_model.model.query_tokens": (1, 4, 32),
+    "llama_model.model.embed_tokens.weight": None,
+    "llama_model.model.layers.{d}.self_attn.q_proj.weight": None,
+    "llama_model.model.layers.{d}.self_attn.k_proj.weight": None,
+    "llama_model.model.layers.{d}.self_attn.v_proj.weight": None,
+    "llama_model.model.layers.{d}.self_attn.o_proj.weight": None,
+    "llama_model.model.layers.{d}.self_attn.rotary_emb.inv_freq": (
+        8,
+    ),  # a persistent buffer in the release's LLaMA code
+    "llama_model.model.layers.{d}.mlp.gate_proj.weight": None,
+    "llama_model.model.layers.{d}.mlp.down_proj.weight": None,
+    "llama_model.model.layers.{d}.mlp.up_proj.weight": None,
+    "llama_model.model.layers.{d}.input_layernorm.weight": None,
+    "llama_model.model.layers.{d}.post_attention_layernorm.weight": None,
+    "llama_model.model.norm.weight": None,
+    "llama_model.model.qformer_proj.weight": (32, 64),
+    "llama_model.model.qformer_proj.bias": (32,),
+    "llama_model.model.llm_proj.weight": (64, 32),
+    "llama_model.model.llm_proj.bias": (64,),
+    "llama_model.lm_head.weight": None,
+    "llama_proj.weight": (64, 32),
+    "llama_proj.bias": (64,),
+}
+# What BLIP-2's Q-Former still has in blip2_pretrained_flant5xxl.pth: the text branch and LM head of Qformer.py's
+# BertLMHeadModel as blip2.py's init_Qformer builds it (vocabulary 30 here), which cheetah_vicuna.py drops.
+RELEASE_QFORMER_TEXT: dict[str, tuple[int, ...] | None] = {
+    "Qformer.bert.embeddings.word_embeddings.weight": (30, 32),
+    "Qformer.bert.embeddings.position_embeddings.weight": (512, 32),
+    "Qformer.bert.encoder.layer.{l}.intermediate.dense.weight": (64, 32),
+    "Qformer.bert.encoder.layer.{l}.intermediate.dense.bias": (64,),
+    "Qformer.bert.encoder.layer.{l}.output.dense.weight": (32, 64),
+    "Qformer.bert.encoder.layer.{l}.output.dense.bias": (32,),
+    "Qformer.bert.encoder.layer.{l}.output.LayerNorm.weight": (32,),
+    "Qformer.bert.encoder.layer.{l}.output.LayerNorm.bias": (32,),
+    "Qformer.cls.predictions.bias": (30,),
+    "Qformer.cls.predictions.transform.dense.weight": (32, 32),
+    "Qformer.cls.predictions.transform.dense.bias": (32,),
+    "Qformer.cls.predictions.transform.LayerNorm.weight": (32,),
+    "Qformer.cls.predictions.transform.LayerNorm.bias": (32,),
+    "Qformer.cls.predictions.decoder.weight": (30, 32),
+    "Qformer.cls.predictions.decoder.bias": (30,),
+}
 
-    def like(tensor):
-        return torch.randn(tensor.shape, generator=g)
 
-    vit = model.vision.model
-    sd = {
-        "visual_encoder.cls_token": like(vit.embeddings.class_embedding),
-        "visual_encoder.pos_embed": like(vit.embeddings.position_embedding),
-        "visual_encoder.patch_embed.proj.weight": like(vit.embeddings.patch_embedding.weight),
-        "visual_encoder.patch_embed.proj.bias": like(vit.embeddings.patch_embedding.bias),
-        "ln_vision.weight": like(vit.post_layernorm.weight),
-        "ln_vision.bias": like(vit.post_layernorm.bias),
+def release_state_dict(model, table: dict[str, tuple[int, ...] | None]) -> dict[str, torch.Tensor]:
+    """Random tensors under the release's names (`table` expanded over the test model's layers)."""
+    qformer = model.config.vpg.qformer
+    layers = {
+        "b": range(model.config.vision.arch["num_hidden_layers"]),
+        "l": range(qformer["num_hidden_layers"]),
+        "x": range(0, qformer["num_hidden_layers"], qformer["cross_attention_frequency"]),
+        "d": range(model.config.llm.num_layers),
     }
-    width = vit.config.hidden_size
-    for i, block in enumerate(vit.encoder.layers):
-        p = f"visual_encoder.blocks.{i}."
-        for ours, theirs in (("layer_norm1", "norm1"), ("layer_norm2", "norm2")):
-            sd[p + theirs + ".weight"] = like(getattr(block, ours).weight)
-            sd[p + theirs + ".bias"] = like(getattr(block, ours).bias)
-        sd[p + "attn.qkv.weight"] = like(block.self_attn.qkv.weight)
-        sd[p + "attn.q_bias"] = torch.randn(width, generator=g)
-        sd[p + "attn.v_bias"] = torch.randn(width, generator=g)
-        sd[p + "attn.proj.weight"] = like(block.self_attn.projection.weight)
-        sd[p + "attn.proj.bias"] = like(block.self_attn.projection.bias)
-        for fc in ("fc1", "fc2"):
-            sd[p + f"mlp.{fc}.weight"] = like(getattr(block.mlp, fc).weight)
-            sd[p + f"mlp.{fc}.bias"] = like(getattr(block.mlp, fc).bias)
-    qf = model.vpg.qformer
-    sd["query_tokens"] = like(model.vpg.query_tokens)
-    sd["Qformer.bert.embeddings.LayerNorm.weight"] = like(qf.layernorm.weight)
-    sd["Qformer.bert.embeddings.LayerNorm.bias"] = like(qf.layernorm.bias)
-    for i, layer in enumerate(qf.encoder.layer):
-        p = f"Qformer.bert.encoder.layer.{i}."
-        blocks = ["attention"] + (["crossattention"] if layer.has_cross_attention else [])
-        for name in blocks:
-            attention = getattr(layer, name)
-            for proj in ("query", "key", "value"):
-                sd[p + f"{name}.self.{proj}.weight"] = like(getattr(attention.attention, proj).weight)
-                sd[p + f"{name}.self.{proj}.bias"] = like(getattr(attention.attention, proj).bias)
-            sd[p + f"{name}.output.dense.weight"] = like(attention.output.dense.weight)
-            sd[p + f"{name}.output.dense.bias"] = like(attention.output.dense.bias)
-            sd[p + f"{name}.output.LayerNorm.weight"] = like(attention.output.LayerNorm.weight)
-            sd[p + f"{name}.output.LayerNorm.bias"] = like(attention.output.LayerNorm.bias)
-        sd[p + "intermediate_query.dense.weight"] = like(layer.intermediate_query.dense.weight)
-        sd[p + "intermediate_query.dense.bias"] = like(layer.intermediate_query.dense.bias)
-        for name in ("dense", "LayerNorm"):
-            sd[p + f"output_query.{name}.weight"] = like(getattr(layer.output_query, name).weight)
-            sd[p + f"output_query.{name}.bias"] = like(getattr(layer.output_query, name).bias)
-        # the text branch, which the query-only Q-Former drops
-        sd[p + "intermediate.dense.weight"] = torch.randn(64, 32, generator=g)
-        sd[p + "output.dense.weight"] = torch.randn(32, 64, generator=g)
-    sd["Qformer.bert.embeddings.word_embeddings.weight"] = torch.randn(30, 32, generator=g)
-    sd["Qformer.bert.embeddings.position_ids"] = torch.arange(512)[None]
-    sd["Qformer.cls.predictions.bias"] = torch.randn(30, generator=g)
-    sd["llama_proj.weight"] = like(model.vpg.llm_proj.weight)
-    sd["llama_proj.bias"] = like(model.vpg.llm_proj.bias)
-    sd["llama_model.model.query_tokens"] = like(model.vpgc.query_tokens)
-    sd["llama_model.model.qformer_proj.weight"] = like(model.vpgc.guidance_proj.weight)
-    sd["llama_model.model.qformer_proj.bias"] = like(model.vpgc.guidance_proj.bias)
-    sd["llama_model.model.llm_proj.weight"] = like(model.vpgc.output_proj.weight)
-    sd["llama_model.model.llm_proj.bias"] = like(model.vpgc.output_proj.bias)
-    # the release registers its Q-Former a second time under the LLM: the same tensors again
-    for key in [k for k in sd if k.startswith("Qformer.bert.")]:
-        sd["llama_model.model." + key] = sd[key]
+    ours, g, sd = model.state_dict(), torch.Generator().manual_seed(0), {}
+    for template, shape in table.items():
+        field = next((k for k in layers if f"{{{k}}}" in template), None)
+        for name in [template.format(**{field: i}) for i in layers[field]] if field else [template]:
+            sd[name] = torch.randn(shape or ours[map_lavis_key(name)].shape, generator=g)
     return sd
 
 
 def test_release_checkpoint_loads_through_the_key_map(tmp_path):
     model = tiny_model()
-    sd = lavis_state_dict(model)
+    sd = release_state_dict(model, RELEASE_CHEETAH)
+    for key in [k for k in sd if k.startswith("Qformer.")]:  # set_qformer_and_proj: the same tensors again
+        sd["llama_model.model." + key] = sd[key]
     path = tmp_path / "cheetah.pth"
     torch.save({"model": sd, "config": {"arch": "cheetah_vicuna"}, "epoch": 3}, path)  # LAVIS's layout
-    report = load_lavis_weights(model, path)
+    report = load_lavis_weights(model, path)  # any name outside the map, or without a parameter here, raises
 
-    loaded = set(report["loaded"])
-    every = {n for n, _ in model.named_parameters() if not n.startswith("llm.")}
-    assert loaded == every  # every vision, VPG and VPG-C parameter came from the file
-    assert any("word_embeddings" in k for k in report["ignored"])
+    assert set(report["loaded"]) == {name for name, _ in model.named_parameters()}  # nothing missing
+    assert {re.sub(r"\.\d+\.", ".N.", k) for k in report["ignored"]} == {
+        "Qformer.bert.embeddings.position_ids",
+        "llama_model.model.Qformer.bert.embeddings.position_ids",
+        "llama_model.model.layers.N.self_attn.rotary_emb.inv_freq",
+    }
     state = model.state_dict()
     torch.testing.assert_close(state["vpgc.guidance_proj.weight"], sd["llama_model.model.qformer_proj.weight"])
+    torch.testing.assert_close(state["vpgc.output_proj.bias"], sd["llama_model.model.llm_proj.bias"])
     torch.testing.assert_close(state["vpg.llm_proj.weight"], sd["llama_proj.weight"])
     torch.testing.assert_close(state["vpgc.query_tokens"], sd["llama_model.model.query_tokens"])
     torch.testing.assert_close(state["vpg.query_tokens"], sd["query_tokens"])
@@ -144,6 +205,19 @@ def test_release_checkpoint_loads_through_the_key_map(tmp_path):
         state["vision.model.encoder.layers.1.self_attn.qkv.bias"], torch.cat([q, torch.zeros_like(q), v])
     )
     torch.testing.assert_close(state["vision.model.post_layernorm.weight"], sd["ln_vision.weight"])
+    torch.testing.assert_close(state["llm.model.layers.3.mlp.down_proj.weight"],
+                               sd["llama_model.model.layers.3.mlp.down_proj.weight"])  # fmt: skip
+
+
+def test_blip2_file_loads_the_vision_encoder_and_query_branch(tmp_path):
+    model = tiny_model()
+    blip2 = {k: v for k, v in release_state_dict(model, RELEASE_CHEETAH).items() if not k.startswith("llama")}
+    text = release_state_dict(model, RELEASE_QFORMER_TEXT)
+    torch.save({"model": blip2 | text}, tmp_path / "blip2.pth")
+    report = load_lavis_weights(model, tmp_path / "blip2.pth")
+    vision_and_query_branch = ("vision.", "vpg.qformer.", "vpg.query_tokens")
+    assert set(report["loaded"]) == {n for n, _ in model.named_parameters() if n.startswith(vision_and_query_branch)}
+    assert set(report["ignored"]) == set(text) | {"Qformer.bert.embeddings.position_ids"}
 
 
 def test_lavis_files_with_problems_are_rejected(tmp_path):

@@ -167,20 +167,28 @@ class VPGCAdapter(ModelAdapter):
 
     kind = "vpgc"
 
-    def __init__(self, spec: str, model: Any, blind: bool = False) -> None:
-        super().__init__(spec, model.config.replace(vpgc_enabled=model.vpgc_enabled).to_dict(), model, blind)
+    def __init__(self, spec: str, model: Any, blind: bool = False, prompt: str = "training") -> None:
+        from components.vpgc.prompts import check_preset
+
+        check_preset(prompt, model.config.prompt.template)
+        config = model.config.replace(vpgc_enabled=model.vpgc_enabled).to_dict()
+        # the preset changes the text the model reads, so it is part of what the cache knows the model by
+        super().__init__(spec, {**config, "prompt_preset": prompt}, model, blind)
         self.model = model
+        self.prompt = prompt
         self.default_max_new_tokens = model.config.prompt.max_new_tokens
         self.stop = tuple(model.config.prompt.stop)
 
     def encode(self, request: Request) -> Encoded:
-        from components.vpgc.prompts import Turn
+        from components.vpgc.prompts import Turn, layout
 
+        template = self.model.config.prompt.template
         try:
-            layout = self.model.layouts([[Turn(user=request.parts)]])[0]
+            item = layout([Turn(user=request.parts)], self.model.tokenizer, template, self.model.vpg.num_query_tokens,
+                          preset=self.prompt)  # fmt: skip
         except UserError as error:
             raise SampleError(str(error)) from None
-        return Encoded(request, len(layout.prompt_ids), layout)
+        return Encoded(request, len(item.prompt_ids), item)
 
     def load(self, encoded: Encoded) -> Loaded:
         processor = self.model.image_processor
@@ -448,13 +456,20 @@ def _is_checkpoint(path: Path) -> bool:
 
 
 def load_adapter(
-    spec: str, vpgc: bool | None = None, device: str = "cpu", image_placement: str = "auto", blind: bool = False
+    spec: str,
+    vpgc: bool | None = None,
+    device: str = "cpu",
+    image_placement: str = "auto",
+    blind: bool = False,
+    prompt: str = "training",
 ) -> ModelAdapter:
     """The model a spec names (see the module docstring); `vpgc` switches VPG-C on or off (None: as configured);
-    `blind` withholds the images (the blind control)."""
+    `blind` withholds the images (the blind control); `prompt` is the VPG-C prompt preset (`eval.prompt`)."""
     if spec.startswith(HF_PREFIX):
         if vpgc is not None:
             raise UserError(f"{spec}: --vpgc applies to VPG-C models only; leave it out for Hugging Face models")
+        if prompt != "training":
+            raise UserError(f"{spec}: eval.prompt: {prompt} applies to VPG-C models; HF models use their own template")
         return HFAdapter.from_pretrained(spec, device, image_placement, blind)
     from components.vpgc.config import load_config
     from components.vpgc.model import VPGCModel
@@ -468,16 +483,16 @@ def load_adapter(
 
         mlflow.set_tracking_uri(tracking_uri())  # the workspace's store unless MLFLOW_TRACKING_URI names another
         directory = Path(download_checkpoint(spec))
-        return VPGCAdapter(spec, VPGCModel.from_checkpoint(directory, device=device, **changes).eval(), blind)
+        return VPGCAdapter(spec, VPGCModel.from_checkpoint(directory, device=device, **changes).eval(), blind, prompt)
     path = Path(spec)
     if path.is_dir():
         if _is_checkpoint(path):
-            return VPGCAdapter(spec, VPGCModel.from_checkpoint(path, device=device, **changes).eval(), blind)
+            return VPGCAdapter(spec, VPGCModel.from_checkpoint(path, device=device, **changes).eval(), blind, prompt)
         if (path / "config.json").is_file():
             raise UserError(f"{spec} looks like a Hugging Face model folder; pass it as hf:{spec}")
         raise UserError(f"{spec}: no weights.safetensors + config.yaml in this folder; {UNKNOWN_SPEC_HELP}")
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         config = load_config(path)
         model = VPGCModel.from_config(config.replace(**changes) if changes else config, device=device)
-        return VPGCAdapter(spec, model.eval(), blind)
+        return VPGCAdapter(spec, model.eval(), blind, prompt)
     raise UserError(f"model {spec!r} not found; {UNKNOWN_SPEC_HELP}")

@@ -80,7 +80,8 @@ def evaluate(
         # Components a config leaves random (tiny's VPG before alignment) are drawn from the eval seed, so every
         # run and every rank builds the same model (and the cache recognises it).
         torch.manual_seed(settings.seed)
-        adapter = load_adapter(model, vpgc=vpgc, device=device, image_placement=settings.image_placement, blind=blind)
+        adapter = load_adapter(model, vpgc=vpgc, device=device, image_placement=settings.image_placement, blind=blind,
+                               prompt=settings.prompt)  # fmt: skip
     loaded = time.perf_counter()
     cache = ResponseCache((cache_path or default_cache_path()) if settings.cache else None)
     requests = build_requests(selected, image_root)

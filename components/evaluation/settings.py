@@ -1,6 +1,8 @@
 """The `eval:` section of an experiment config: how a model is run over DEMON (decoding, batching, caching).
 
     eval:
+      prompt: training        # VPG-C models: training (the template training used) | release (the release's chat
+                              # prompt byte for byte: `###Human: <context>###Assistant:`; with decoding: sample)
       decoding: greedy        # greedy (deterministic, the default) | sample (the release's top-p sampling)
       max_new_tokens: null    # null: the model's own limit (VPG-C: model.prompt.max_new_tokens; HF models: 300)
       top_p: 0.9              # sample only: the release's values
@@ -25,14 +27,17 @@ from typing import Any, Literal
 
 from components.errors import UserError
 
+Prompt = Literal["training", "release"]
 Decoding = Literal["greedy", "sample"]
 Placement = Literal["auto", "interleaved", "first"]
+PROMPTS: tuple[str, ...] = ("training", "release")  # components.vpgc.prompts.PRESETS (not imported: it needs torch)
 DECODINGS: tuple[str, ...] = ("greedy", "sample")
 PLACEMENTS: tuple[str, ...] = ("auto", "interleaved", "first")
 
 
 @dataclass(frozen=True)
 class EvalSettings:
+    prompt: Prompt = "training"
     decoding: Decoding = "greedy"
     max_new_tokens: int | None = None
     top_p: float = 0.9
@@ -55,6 +60,7 @@ class EvalSettings:
 
 # (allowed types, check, what a valid value looks like)
 _CHECKS: dict[str, tuple[tuple[type, ...], Any, str]] = {
+    "prompt": ((str,), lambda v: v in PROMPTS, f"one of {list(PROMPTS)}"),
     "decoding": ((str,), lambda v: v in DECODINGS, f"one of {list(DECODINGS)}"),
     "max_new_tokens": ((int, type(None)), lambda v: v is None or v > 0, "a positive integer or null"),
     "top_p": ((int, float), lambda v: 0 < v <= 1, "a number in (0, 1]"),

@@ -10,7 +10,9 @@
 
 Each stage section is a `StageSettings`. `mix` is the mixing rule: samples of each task in every global step
 (e.g. `{SynthDifference: 24, SynthCaption: 64}`, the paper's 24 + 64); the global batch is their sum, split over
-ranks and then into micro-batches of `micro_batch` samples (gradient accumulation). Unknown keys are errors.
+ranks and then into micro-batches of `micro_batch` samples (gradient accumulation). A task read from another
+folder in the unified schema than `--data` names it: `SynthCaption: {samples: 64, data: data/cc3m-captions}` (the
+paper's caption stream is its own 500K CC3M pairs, not the synthetic source's captions). Unknown keys are errors.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class StageSettings:
     """One stage's optimisation: AdamW, linear warm-up then cosine decay to `min_lr`, per-step data mix."""
 
     steps: int
-    mix: dict[str, int]  # task -> samples per global step
+    mix: dict[str, int | dict[str, Any]]  # task -> samples per global step, or {samples: n, data: folder}
     lr: float = 2e-5
     min_lr: float = 0.0
     warmup_steps: int = 0
@@ -45,7 +47,7 @@ class StageSettings:
 
     @property
     def global_batch(self) -> int:
-        return sum(self.mix.values())
+        return sum(mix_counts(self.mix).values())
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,23 @@ class TrainSettings:
         return dataclasses.asdict(self)
 
 
+def mix_counts(mix: dict[str, Any]) -> dict[str, int]:
+    """Samples per global step of each task of a (validated) mix."""
+    return {task: entry if isinstance(entry, int) else entry["samples"] for task, entry in mix.items()}
+
+
+def mix_folders(mix: dict[str, Any]) -> dict[str, str]:
+    """The tasks of a (validated) mix that name their own data folder, and the folder."""
+    return {task: entry["data"] for task, entry in mix.items() if isinstance(entry, dict)}
+
+
+def _mix_entry(entry: Any) -> bool:
+    """A valid mix value: samples > 0, or {samples: > 0, data: a folder}."""
+    if isinstance(entry, dict):
+        return set(entry) == {"samples", "data"} and isinstance(entry["data"], str) and _mix_entry(entry["samples"])
+    return isinstance(entry, int) and not isinstance(entry, bool) and entry > 0
+
+
 def _check_keys(cls: type, data: Any, where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
@@ -86,8 +105,11 @@ def _stage(data: Any, where: str) -> StageSettings:
         if required not in values:
             raise UserError(f"{where}: missing `{required}`")
     mix = values["mix"]
-    if not isinstance(mix, dict) or not mix or not all(isinstance(n, int) and n > 0 for n in mix.values()):
-        raise UserError(f"{where}.mix: expected {{task: samples per step > 0}}, e.g. {{SynthCaption: 64}}; got {mix}")
+    if not isinstance(mix, dict) or not mix or not all(_mix_entry(entry) for entry in mix.values()):
+        raise UserError(
+            f"{where}.mix: expected {{task: samples per step > 0}} (or {{task: {{samples: n, data: folder}}}}), "
+            f"e.g. {{SynthCaption: 64}}; got {mix}"
+        )
     if "betas" in values:
         values["betas"] = tuple(values["betas"])
     settings = StageSettings(**values)

@@ -1,8 +1,9 @@
 """Training data: a folder in the unified sample schema -> a deterministic, resumable stream of global batches.
 
 The rows come from `components.demon.normalize.load_samples` (the synthetic-data stage writes `SynthDifference`
-and `SynthCaption` rows; any task in the folder can be mixed in). The user turn is `schema.sample_parts(row)`
-and the target is `row["response"]`, exactly as evaluation builds the prompt.
+and `SynthCaption` rows; any task in the folder can be mixed in); a task whose mix entry names its own folder
+(`{samples: 64, data: DIR}`, the paper's separate caption stream) is read from there. The user turn is
+`schema.sample_parts(row)` and the target is `row["response"]`, exactly as evaluation builds the prompt.
 
 Everything a step sees is a pure function of `(seed, step)`:
 - each task is walked epoch by epoch in a seeded permutation; task `t` contributes `mix[t]` consecutive rows of
@@ -20,6 +21,7 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,7 @@ import pandas as pd
 from components.demon.normalize import load_samples
 from components.demon.schema import placeholder_indices, sample_parts
 from components.errors import UserError
+from components.training.config import mix_counts, mix_folders
 from components.vpgc.prompts import Conversation, Turn
 
 
@@ -38,7 +41,7 @@ class Example:
     task: str
     conversation: Conversation
     target: str
-    images: list[str]  # relative to `TrainData.image_root`
+    images: list[str]  # absolute: each task's rows may come from another folder (joining a root keeps them)
     crop_seed: int | None  # None: the evaluation transform (held-out loss)
 
 
@@ -49,29 +52,33 @@ def _task_key(task: str) -> int:
 class TrainData:
     """The rows of `folder`, split into a fixed held-out set (`heldout` per task) and the training stream."""
 
-    def __init__(self, folder: Path, mix: dict[str, int], heldout: int, seed: int) -> None:
+    def __init__(self, folder: Path, mix: dict[str, Any], heldout: int, seed: int) -> None:
         self.folder = Path(folder)
-        self.mix = dict(mix)
+        self.mix = mix_counts(mix)
         self.seed = seed
-        samples, self.image_root = load_samples(self.folder)
-        if samples.empty:
-            raise UserError(f"{self.folder}/samples.parquet: no samples; run the synthetic-data stage first")
-        available = sorted(samples["task"].unique())
-        absent = [task for task in self.mix if task not in available]
-        if absent:
-            raise UserError(
-                f"{self.folder}: the mix names task(s) {absent} that the data does not have (it has {available}); "
-                "fix `mix` in the experiment's train section or point --data at the synthetic-data output"
-            )
+        folders = {task: Path(mix_folders(mix).get(task, self.folder)) for task in self.mix}
+        loaded = {path: _load(path) for path in set(folders.values())}
+        self.image_root = self.folder.resolve()  # callers join example images to it; they are absolute already
+        for path, (samples, _) in loaded.items():
+            tasks = [task for task, source in folders.items() if source == path]
+            available = sorted(samples["task"].unique())
+            absent = [task for task in tasks if task not in available]
+            if absent:
+                raise UserError(
+                    f"{path}: the mix names task(s) {absent} that the data does not have (it has {available}); fix "
+                    "`mix` in the experiment's train section or point --data (or the task's `data:`) at its output"
+                )
         self.train_rows: dict[str, pd.DataFrame] = {}
         heldout_frames = []
         for task in self.mix:
+            samples, root = loaded[folders[task]]
             rows = samples[samples["task"] == task].sort_values("uid").reset_index(drop=True)
-            _check_rows(rows, self.folder)
+            _check_rows(rows, folders[task])
+            rows["images"] = [[str(root / image) for image in images] for images in rows["images"]]
             order = np.random.default_rng([seed, _task_key(task)]).permutation(len(rows))
             if len(rows) <= heldout:
                 raise UserError(
-                    f"{self.folder}: task {task} has {len(rows)} samples, not more than heldout={heldout}; "
+                    f"{folders[task]}: task {task} has {len(rows)} samples, not more than heldout={heldout}; "
                     "generate more data or lower `train.heldout`"
                 )
             heldout_frames.append(rows.iloc[order[:heldout]])
@@ -102,6 +109,13 @@ class TrainData:
 
     def heldout_examples(self) -> list[Example]:
         return [_example(row, None) for _, row in self.heldout_rows.iterrows()]
+
+
+def _load(folder: Path) -> tuple[pd.DataFrame, Path]:
+    samples, root = load_samples(folder)
+    if samples.empty:
+        raise UserError(f"{folder}/samples.parquet: no samples; run the synthetic-data stage first")
+    return samples, root
 
 
 @lru_cache(maxsize=64)

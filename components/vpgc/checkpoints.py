@@ -80,12 +80,15 @@ LAVIS_IGNORED: tuple[tuple[str, str], ...] = (
 
 
 def map_lavis_key(key: str) -> str | None:
-    """Our parameter name for a LAVIS key; None when the key is deliberately ignored; KeyError when unknown."""
+    """Our parameter name for a LAVIS key; None when the key is deliberately ignored; KeyError when unknown.
+
+    Ignored names are checked first: the release saves LLaMA's `rotary_emb.inv_freq` buffers under names the
+    decoder-layer pattern would otherwise claim."""
+    if any(re.fullmatch(pattern, key) for pattern, _ in LAVIS_IGNORED):
+        return None
     for pattern, target in LAVIS_KEY_MAP:
         if re.fullmatch(pattern, key):
             return re.sub(pattern, target, key)
-    if any(re.fullmatch(pattern, key) for pattern, _ in LAVIS_IGNORED):
-        return None
     raise KeyError(key)
 
 

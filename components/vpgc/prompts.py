@@ -8,6 +8,11 @@ spaces. The turn is wrapped in the LLM's chat template:
 - `llama2_chat`: `[INST] <<SYS>>\\n\\n<</SYS>>\\n\\n{turn} [/INST]` (end symbol `</s>`), BOS prepended
 - `chat_template`: the tokenizer's own template (SmolLM2 and other instruct models), no extra BOS
 
+Two presets render these templates (`eval.prompt`). `training` (the default) is the form above, which training
+targets follow. `release` is what the release's chat code (`cheetah/conversation/`) sends at inference, byte for
+byte: text pieces unstripped (only blank ones dropped), and for Vicuna no space around the separator,
+`###Human: {turn}###Assistant:`; its LLaMA-2 form differs from `training` only in the unstripped pieces.
+
 The text is split at `<HereForImage>` and each piece is tokenized on its own (as the release does), leaving Q slots
 per image that `collate` fills with the VPG's visual tokens. `collate` is the ONE place that turns layouts into
 `inputs_embeds` and the positions VPG-C needs, for left padding (generation) and right padding (training).
@@ -29,6 +34,8 @@ if TYPE_CHECKING:  # the schema module needs pyarrow/pandas, which a GPU benchma
 IMAGE_SLOT = "<HereForImage>"
 IMAGE_PLACEHOLDER = "<Img><HereForImage></Img>"
 IGNORE_INDEX = -100  # label of prompt and pad positions: no loss there
+PRESETS = ("training", "release")
+RELEASE_TEMPLATES = ("vicuna_v0", "llama2_chat")  # the release ships these two; `chat_template` has no release form
 
 
 @dataclass
@@ -65,29 +72,48 @@ class PromptBatch:
     labels: torch.Tensor | None = None  # (B, T) long, IGNORE_INDEX outside targets
 
 
-def render_user(parts: list[Part]) -> tuple[str, list[str]]:
-    """A user turn's text with image placeholders, and its image paths in order."""
+def render_user(parts: list[Part], strip: bool = True) -> tuple[str, list[str]]:
+    """A user turn's text with image placeholders, and its image paths in order. `strip=False` keeps each text
+    piece's own spaces, as the release's `Chat.ask` does (`' '.join([message, text])`)."""
     pieces, images = [], []
     for part in parts:
         if part["type"] == "image":
             pieces.append(IMAGE_PLACEHOLDER)
             images.append(part["path"])
         elif part["text"].strip():
-            pieces.append(part["text"].strip())
+            pieces.append(part["text"].strip() if strip else part["text"])
     return " ".join(pieces), images
 
 
-def render(conversation: Conversation, template: str, tokenizer: Any) -> tuple[str, list[str], bool]:
+def check_preset(preset: str, template: str) -> None:
+    """A UserError unless `preset` can render `template`."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown prompt preset {preset!r}; use one of {list(PRESETS)}")
+    if preset == "release" and template not in RELEASE_TEMPLATES:
+        raise UserError(
+            f"the release prompt exists for the templates {list(RELEASE_TEMPLATES)}, not {template!r}; "
+            "use eval.prompt: training"
+        )
+
+
+def render(
+    conversation: Conversation, template: str, tokenizer: Any, preset: str = "training"
+) -> tuple[str, list[str], bool]:
     """The prompt text up to the assistant's reply, its images, and whether to prepend BOS."""
     if not conversation or conversation[-1].assistant is not None:
         raise ValueError("a conversation must end with a user turn that has no reply yet")
+    check_preset(preset, template)
+    release = preset == "release"
     texts, images = [], []
     for turn in conversation:
-        text, turn_images = render_user(turn.user)
+        text, turn_images = render_user(turn.user, strip=not release)
         texts.append(text)
         images.extend(turn_images)
     replies = [turn.assistant for turn in conversation[:-1]]
     if template == "vicuna_v0":
+        if release:  # the release's `Conversation.get_prompt` (SINGLE): "###", then "Role: message###" per message
+            history = "".join(f"Human: {t}###Assistant: {r}###" for t, r in zip(texts, replies, strict=False))
+            return f"###{history}Human: {texts[-1]}###Assistant:", images, True
         prompt = "".join(f"###Human: {t} ###Assistant: {r}###" for t, r in zip(texts, replies, strict=False))
         return prompt + f"###Human: {texts[-1]} ###Assistant: ", images, True
     if template == "llama2_chat":
@@ -114,9 +140,10 @@ def layout(
     target: str | None = None,
     end_symbol: str = "",
     max_target_tokens: int = 160,
+    preset: str = "training",
 ) -> PromptLayout:
     """Tokenize a conversation (and optionally the training target + end symbol, truncated) into a layout."""
-    text, images, add_bos = render(conversation, template, tokenizer)
+    text, images, add_bos = render(conversation, template, tokenizer, preset)
     segments = text.split(IMAGE_SLOT)
     if len(segments) != len(images) + 1:
         raise UserError(
