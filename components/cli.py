@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from components import pipeline_cli
+from components import check, pipeline_cli
+from components.demo import cli as demo_cli
 from components.demon import cli as demon_cli
 from components.errors import UserError
 from components.evaluation import cli as evaluation_cli
@@ -14,7 +15,7 @@ from components.synth import cli as synth_cli
 from components.training import cli as training_cli
 from components.vpgc import cli as vpgc_cli
 
-COMMAND_GROUPS = (pipeline_cli, demon_cli, evaluation_cli, vpgc_cli, training_cli, synth_cli)
+COMMAND_GROUPS = (pipeline_cli, check, demon_cli, evaluation_cli, vpgc_cli, training_cli, synth_cli, demo_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,8 +49,6 @@ class VisionSide(nn.Module):
         self.vpgc.init_queries_from(self.vpg)
         if config.checkpoint:
             load_lavis_weights(self, resolve_path(config.checkpoint, "model.checkpoint"))
-        # sdpa returns no attention maps; eager does (transformers computes the same softmax either way).
-        self.vpg.qformer.set_attn_implementation("eager")
         self.processor = ImageProcessor(config.vision)
         self.requires_grad_(False)
         self.eval()
@@ -84,12 +82,7 @@ class VisionSide(nn.Module):
     @torch.no_grad()
     def attention(self, features: torch.Tensor) -> torch.Tensor:
         """Features (M, N, Dv) -> the VPG's cross-attention on the encoder grid (M, g, g), mean 1/N per image."""
-        queries = self.vpg.query_tokens.expand(features.shape[0], -1, -1)
-        out = self.vpg.qformer(query_embeds=queries, encoder_hidden_states=features, output_attentions=True)
-        if not out.cross_attentions:
-            raise RuntimeError("the Q-Former returned no cross-attention maps (is its attention implementation eager?)")
-        maps = torch.stack(out.cross_attentions).mean(dim=(0, 2, 3))  # (layers, M, heads, Q, N) -> (M, N)
-        return to_grid(maps)
+        return to_grid(self.vpg.cross_attention(self.vpg.query_tokens, features))
 
 
 def to_grid(tokens: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from components.vpgc.checkpoints import CONFIG_FILE, load_checkpoint, load_lavis
 from components.vpgc.config import COMPONENTS, ModelConfig, load_config
 from components.vpgc.prompts import Conversation, PromptBatch, PromptLayout, collate, layout
 from components.vpgc.vpg import VisualPromptGenerator
-from components.vpgc.vpgc import VPGC, VPGCHook, VPGCInputs
+from components.vpgc.vpgc import VPGC, VPGCHook, VPGCInputs, decoder_layers
 
 
 class VPGCModel(nn.Module):
@@ -185,6 +185,29 @@ class VPGCModel(nn.Module):
                 logits_to_keep=logits_to_keep,
                 **cache_argument(self.llm, cache),
             )
+
+    @torch.no_grad()
+    def vpg_attention(self, batch: PromptBatch, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the VPG looked in each image (paper section 2): its cross-attention over the M images' N vision
+        tokens with its own queries (the first pass) and with VPG-C's instruction-guided queries (the
+        re-extraction), two (M, N) tensors whose rows sum to 1 (`VisualPromptGenerator.cross_attention`).
+
+        The guidance is read from a prefill without VPG-C, whose input to block `vpgc_layer` is the one VPG-C sees.
+        """
+        entering: list[torch.Tensor] = []
+
+        def keep(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            entering.append(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
+
+        handle = decoder_layers(self.llm)[self.config.layer].register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            self.llm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                     position_ids=batch.position_ids, use_cache=False, logits_to_keep=1)  # fmt: skip
+        finally:
+            handle.remove()
+        inputs = VPGCInputs(features, batch.image_batch_index, batch.image_starts, batch.guidance_index)
+        guided = self.vpgc.guided_queries(entering[0], inputs)  # (M, Q, Dq)
+        return self.vpg.cross_attention(self.vpg.query_tokens, features), self.vpg.cross_attention(guided, features)
 
     def generate(
         self,

@@ -36,6 +36,21 @@ class VisualPromptGenerator(nn.Module):
         queries = queries.expand(features.shape[0], -1, -1)
         return self.qformer(query_embeds=queries, encoder_hidden_states=features).last_hidden_state
 
+    def cross_attention(self, queries: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Where queries (M or 1, Q, Dq) look in features (M, N, Dv): the Q-Former's cross-attention averaged over
+        its cross-attention layers, heads and queries -> (M, N), each row summing to 1.
+
+        sdpa returns no attention weights, so the Q-Former runs eagerly (the same softmax) for this call.
+        """
+        queries = queries.expand(features.shape[0], -1, -1)
+        implementation = self.qformer.config._attn_implementation
+        self.qformer.set_attn_implementation("eager")
+        try:
+            out = self.qformer(query_embeds=queries, encoder_hidden_states=features, output_attentions=True)
+        finally:
+            self.qformer.set_attn_implementation(implementation)
+        return torch.stack(out.cross_attentions).mean(dim=(0, 2, 3))  # (layers, M, heads, Q, N) -> (M, N)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Vision features (M, N, Dv) -> visual tokens (M, Q, D) in the LLM's embedding space."""
         return self.llm_proj(self.run_qformer(self.query_tokens, features))

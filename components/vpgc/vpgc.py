@@ -59,12 +59,16 @@ class VPGC(nn.Module):
         with torch.no_grad():
             self.query_tokens.copy_(vpg.query_tokens)
 
-    def forward(self, hidden_states: torch.Tensor, inputs: VPGCInputs, vpg: VisualPromptGenerator) -> torch.Tensor:
-        """hidden_states (B, T, D) -> (B, T, D) with the residual added at every image's Q positions only."""
+    def guided_queries(self, hidden_states: torch.Tensor, inputs: VPGCInputs) -> torch.Tensor:
+        """hidden_states (B, T, D) entering block `layer` -> the instruction-guided queries Q' (M, Q, Dq)."""
         batch = torch.arange(hidden_states.shape[0], device=hidden_states.device)
         last = hidden_states[batch, inputs.guidance_index]  # (B, D)
         guidance = self.guidance_proj(last.to(self.guidance_proj.weight.dtype))  # (B, Dq)
-        queries = self.query_tokens + guidance[inputs.image_batch_index, None, :]  # (M, Q, Dq)
+        return self.query_tokens + guidance[inputs.image_batch_index, None, :]  # (M, Q, Dq)
+
+    def forward(self, hidden_states: torch.Tensor, inputs: VPGCInputs, vpg: VisualPromptGenerator) -> torch.Tensor:
+        """hidden_states (B, T, D) -> (B, T, D) with the residual added at every image's Q positions only."""
+        queries = self.guided_queries(hidden_states, inputs)  # (M, Q, Dq)
         out = vpg.run_qformer(queries, inputs.features)  # (M, Q, Dq)
         residual = self.output_proj(out).to(hidden_states.dtype)  # (M, Q, D)
         num_query = residual.shape[1]
