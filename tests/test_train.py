@@ -13,7 +13,7 @@ from vpgc_tiny import tiny_dict
 from components.cli import main
 from components.errors import UserError
 from components.experiment import load_experiment
-from components.training.config import train_settings_from_dict
+from components.training.config import mix_counts, train_settings_from_dict
 from components.training.data import TrainData
 from components.training.recipe import lr_factor, train
 from components.vpgc.checkpoints import WEIGHTS_FILE
@@ -34,7 +34,7 @@ def test_every_experiment_has_a_valid_train_section(name):
     assert settings.vpgc is not None and settings.vpgc.betas == (0.9, 0.999)
     if name != "tiny":  # the paper's recipe
         assert (settings.vpgc.steps, settings.vpgc.lr, settings.vpgc.warmup_steps) == (18000, 2e-5, 2000)
-        assert settings.vpgc.mix == {"SynthDifference": 24, "SynthCaption": 64}
+        assert mix_counts(settings.vpgc.mix) == {"SynthDifference": 24, "SynthCaption": 64}
         assert settings.vpgc.weight_decay == 0.05 and settings.align is None
 
 
