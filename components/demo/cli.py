@@ -28,6 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--experiments", type=Path, default=Path("experiments"), help="offered experiment configs")
     demo.add_argument("--bundles", type=Path, default=Path("data/eval"), help="offered evaluation bundles")
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
+    demo.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without authentication (prints a warning)",
+    )
     demo.add_argument("--port", type=int, default=DEFAULT_PORT)
     demo.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     demo.add_argument("--mlflow-ui", default="http://127.0.0.1:5000", help="the MLflow UI the links open (demonlab ui)")
@@ -54,7 +59,15 @@ def offered_models(checkpoints: Path, experiments: Path) -> list[str]:
 
 def run_demo(args: argparse.Namespace) -> int:
     from components.quiet import quiet
+    from components.security import check_exposure
 
+    check_exposure(
+        args.host,
+        auth_configured=False,
+        insecure=args.insecure,
+        service="the demo (it runs the model on whatever is sent and shows the evaluation bundles)",
+        how="keep it on 127.0.0.1 and reach it through `ssh -L` or an authenticating proxy",
+    )
     quiet(os.environ)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
 

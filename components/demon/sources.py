@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 from components.demon.archives import archive_format, is_archive
 from components.demon.registry import OFFICIAL_GDRIVE_FOLDER_ID
 from components.errors import UserError
+from components.security import redact
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +226,7 @@ def download_http(source: Source, downloads: Path, progress: bool) -> Path:
     if (done := _existing_download(folder, source.sha256)) is not None:
         return done
     url, host = source.location, source.host
+    shown = redact(url)  # what messages and logs may say: a URL's credentials never
     final = folder / _file_name(url)
     part = final.with_name(final.name + ".part")
     timeout = net_timeout()
@@ -257,7 +259,7 @@ def download_http(source: Source, downloads: Path, progress: bool) -> Path:
                 append, have = False, 0
             else:
                 raise UserError(
-                    f"{url} answered HTTP {response.status_code} {response.reason}; check the URL "
+                    f"{shown} answered HTTP {response.status_code} {response.reason}; check the URL "
                     "(and credentials), or download the archive by hand and use --source /path/to/archive"
                 )
             length = response.headers.get("Content-Length")
@@ -267,7 +269,7 @@ def download_http(source: Source, downloads: Path, progress: bool) -> Path:
                 _write_stream(chunks, part, append, have, total, f"download {final.name}", progress)
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
                 last_error = error
-                logger.warning("download of %s interrupted (%s); resuming (try %d)", url, error, attempt + 1)
+                logger.warning("download of %s interrupted (%s); resuming (try %d)", shown, error, attempt + 1)
                 time.sleep(0.2 * attempt)
                 continue
             if total is not None and part.stat().st_size != total:
@@ -276,10 +278,10 @@ def download_http(source: Source, downloads: Path, progress: bool) -> Path:
             break
     else:
         raise UserError(
-            f"download of {url} failed {DOWNLOAD_ATTEMPTS} times ({last_error}); the partial file {part} is "
+            f"download of {shown} failed {DOWNLOAD_ATTEMPTS} times ({last_error}); the partial file {part} is "
             "kept: run the same command again to resume"
         )
-    _finish_download(part, final, source.sha256, url)
+    _finish_download(part, final, source.sha256, shown)
     return _named_archive(final, url)
 
 

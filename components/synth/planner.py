@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.errors import UserError
+from components.security import redact
 from components.synth.config import PlannerConfig
 from components.synth.regions import Region
 from components.synth.scenes import article, at
@@ -306,14 +307,16 @@ class OpenAIPlanner(LLMPlanner):
             try:
                 response = requests.post(self.url, json=body, headers=headers, timeout=self.config.timeout_s)
             except requests.RequestException as error:
-                problem = f"{type(error).__name__} talking to {self.url}"
+                problem = f"{type(error).__name__} talking to {redact(self.url)}"
             else:
                 if response.status_code == 200:
                     try:
                         return response.json()["choices"][0]["message"]["content"] or ""
                     except (ValueError, KeyError, IndexError, TypeError):
-                        raise PlanError("planner_error", f"{self.url} answered 200 without a chat completion") from None
-                problem = f"HTTP {response.status_code} from {self.url}: {response.text[:200]}"
+                        raise PlanError(
+                            "planner_error", f"{redact(self.url)} answered 200 without a chat completion"
+                        ) from None
+                problem = f"HTTP {response.status_code} from {redact(self.url)}: {redact(response.text[:200])}"
                 if response.status_code < 500 and response.status_code != 429:
                     break  # a client error does not go away by asking again
             time.sleep(0.5 * 2**attempt)
