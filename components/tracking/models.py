@@ -16,9 +16,12 @@ from typing import Any
 
 import mlflow
 import mlflow.pyfunc
+import requests
 from mlflow.tracking import MlflowClient
 
 from components.errors import UserError
+from components.security import redact
+from components.tracking.runs import refusal
 from components.vpgc.checkpoints import CONFIG_FILE, WEIGHTS_FILE
 
 ARTIFACT = "checkpoint"
@@ -69,9 +72,9 @@ def download_checkpoint(uri: str, dst: Path | None = None) -> Path:
     target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="demonlab-model-"))
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
-    except mlflow.exceptions.MlflowException as error:
-        raise UserError(
-            f"{uri}: cannot download it ({str(error).splitlines()[0]}); check the model name and alias "
+    except (mlflow.exceptions.MlflowException, requests.HTTPError) as error:
+        raise refusal(error) or UserError(
+            f"{uri}: cannot download it ({redact(str(error).splitlines()[0])}); check the model name and alias "
             "(`mlflow` UI, Models) or the run id, and that MLFLOW_TRACKING_URI points at the right store"
         ) from None
     found = sorted({p.parent for p in local.rglob(WEIGHTS_FILE) if (p.parent / CONFIG_FILE).is_file()})

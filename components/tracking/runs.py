@@ -3,29 +3,51 @@
 Defaults are the embedded ones: a SQLite store and an artifact folder under the workspace. Production points
 `MLFLOW_TRACKING_URI` at a tracking server (PostgreSQL + object store) and nothing here changes.
 A pipeline sets `DEMONLAB_PARENT_RUN_ID` so every stage run becomes a child of the pipeline's run.
+A server with MLflow's basic-auth app takes the login MLflow itself reads (`MLFLOW_TRACKING_USERNAME` and
+`MLFLOW_TRACKING_PASSWORD`, or `~/.mlflow/credentials`); a rejected login or a denied write stops the stage with
+one line naming the server and what to set (`tracking_errors`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import requests
+from mlflow.utils.credentials import read_mlflow_creds
 
 from components import atomic
 from components.errors import UserError
+from components.security import credential_error, holds_secret, redact
 from components.tracking.provenance import dvc_run_tags
 
 EXPERIMENT = "demonlab"
 PARENT_RUN_ENV = "DEMONLAB_PARENT_RUN_ID"
+MLFLOW_LOGIN = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials)"
+# Where a run runs, so a later run can tell one left RUNNING by a killed process (components.tracking.reconcile)
+WORKSPACE_TAG = "demonlab.workspace"
+PROCESS_TAG = "demonlab.process"
 
 
 def workspace() -> Path:
     """The project workspace: `DEMONLAB_WORKSPACE`, else the current folder (DVC runs stages at the repo root)."""
     return Path(os.environ.get("DEMONLAB_WORKSPACE", ".")).resolve()
+
+
+def workspace_key() -> str:
+    """A short name for the workspace where a full path does not fit (Prefect tags and concurrency limits)."""
+    return "demonlab-workspace-" + hashlib.sha256(str(workspace()).encode()).hexdigest()[:12]
+
+
+def this_process() -> str:
+    """`host:pid` of this process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def tracking_uri() -> str:
@@ -45,9 +67,48 @@ def configure() -> str:
             location = (workspace() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
             experiment_id = mlflow.create_experiment(EXPERIMENT, artifact_location=location)
     except mlflow.exceptions.MlflowException as error:
-        raise UserError(f"MLflow tracking store {uri} is not usable: {error}") from error
+        message = f"MLflow tracking store {redact(uri)} is not usable: {redact(str(error))}"
+        raise refusal(error) or UserError(message) from error
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def refusal(error: Exception) -> UserError | None:
+    """The one-line error for a login the tracking server rejected (401) or a write it denied (403), else None.
+
+    MLflow's REST calls raise MlflowException; its artifact uploads and downloads through the server raise
+    requests' HTTPError, which only counts when it came from the tracking server."""
+    uri = tracking_uri()
+    if isinstance(error, mlflow.exceptions.MlflowException):
+        status = error.get_http_status_code()
+    elif isinstance(error, requests.HTTPError) and error.response is not None and error.response.url.startswith(uri):
+        status = error.response.status_code
+    else:
+        return None
+    user = read_mlflow_creds().username
+    if status == 401:
+        tried = f"user {user!r} or its password was not accepted" if user else "none is set"
+        return credential_error(f"MLflow server {uri}", 401, f"set {MLFLOW_LOGIN} ({tried})")
+    if status == 403:
+        return credential_error(
+            f"MLflow server {uri}",
+            403,
+            f"user {user!r} may not do this: ask the server's admin for EDIT on experiment {EXPERIMENT!r} (and "
+            f"MANAGE on the registered models a stage registers), or set {MLFLOW_LOGIN} to a user who has it",
+        )
+    return None
+
+
+@contextmanager
+def tracking_errors() -> Iterator[None]:
+    """Inside this block, a login or write the tracking server refuses raises `refusal`'s UserError (exit 2, not
+    retried: the same credentials fail the same way again); other errors pass through unchanged."""
+    try:
+        yield
+    except (mlflow.exceptions.MlflowException, requests.HTTPError) as error:
+        if (user_error := refusal(error)) is None:
+            raise
+        raise user_error from None
 
 
 def git_commit() -> str | None:
@@ -70,19 +131,47 @@ def flatten(params: Mapping, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def loggable_params(params: Mapping) -> dict[str, str]:
+    """Nested `params` flattened for `mlflow.log_params`, refusing any value that carries a credential: parameters
+    are versioned (params.yaml, experiment files, dvc.lock) and shown to every reader of the tracking server."""
+    flat = {key: str(value) for key, value in flatten(params).items()}
+    if leaking := sorted(key for key, value in flat.items() if holds_secret(value)):
+        raise UserError(
+            f"parameter(s) {', '.join(leaking)} carry a credential; parameters are versioned and tracked, so give "
+            "credentials through the environment (docs/orchestration.md, Secrets) and leave them out of the value"
+        )
+    return {key: value[:6000] for key, value in flat.items()}
+
+
 @contextmanager
 def stage_run(stage: str, params: Mapping, tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run for one stage: params logged, provenance tagged, nested under the pipeline run if any."""
-    configure()
-    parent = os.environ.get(PARENT_RUN_ENV)
-    all_tags = {"demonlab.stage": stage, **dvc_run_tags(workspace()), **(tags or {})}
-    if commit := git_commit():
-        all_tags["git.commit"] = commit
-    if parent:
-        all_tags["mlflow.parentRunId"] = parent
-    with mlflow.start_run(run_name=stage, tags=all_tags) as run:
-        mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
-        yield run
+    logged = loggable_params(params)
+    with tracking_errors():
+        configure()
+        parent = os.environ.get(PARENT_RUN_ENV)
+        all_tags = {"demonlab.stage": stage, **dvc_run_tags(workspace()), **(tags or {})}
+        if commit := git_commit():
+            all_tags["git.commit"] = commit
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        with start_run(run_name=stage, tags=all_tags) as run:
+            mlflow.log_params(logged)
+            yield run
+
+
+@contextmanager
+def start_run(run_name: str, tags: Mapping[str, str]) -> Iterator[mlflow.ActiveRun]:
+    """`mlflow.start_run`, tagged with where it runs, ending KILLED (not FAILED) when stopped from outside: Ctrl-C,
+    a stop signal (Prefect raises its own BaseException for SIGTERM), `sys.exit`."""
+    where = {WORKSPACE_TAG: str(workspace()), PROCESS_TAG: this_process()}
+    with mlflow.start_run(run_name=run_name, tags={**tags, **where}) as run:
+        try:
+            yield run
+        except BaseException as error:
+            if not isinstance(error, Exception):
+                mlflow.end_run("KILLED")
+            raise
 
 
 def write_metrics(path: Path, metrics: Mapping, step: int | None = None) -> None:
