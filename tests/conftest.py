@@ -24,6 +24,18 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
         yield url
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two busy cores shared with other jobs: one intra-op thread is several times faster for tiny models.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # What .ci/run installs for the tests that drive real system programs; a skip reason naming one gets its command.
 INSTALL_HINTS = {
     "Chromium": "apt-get install chromium",

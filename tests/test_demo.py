@@ -11,7 +11,7 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +43,7 @@ RUN_ID = "0123456789abcdef0123456789abcdef"
 MAX_IMAGE_MB = 0.05  # the server's limit in the browser test: a 70 KB image is "oversized"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Two busy shared cores: one intra-op thread is faster for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

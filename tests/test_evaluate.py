@@ -32,13 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = EvalSettings(batch_size=4, max_new_tokens=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two busy cores shared with other jobs: one intra-op thread is several times faster for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -37,12 +37,7 @@ TEMPLATE = (
 TASKS = ["AESOP", "NLVR2", "TQA", "VIST", "DocVQA"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -48,12 +48,7 @@ IMAGE_BLOCK = {
 TOKENS_PER_IMAGE = {"gemma3": ("<image_soft_token>", 4), "llava_onevision": ("<image>", 5)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
