@@ -1,212 +1,23 @@
-"""Models behind one interface: VPG-C models of `components.vpgc` and Hugging Face image-text-to-text models.
-
-A `ModelAdapter` answers DEMON prompts in three steps, so the runner can sort, batch and recover per sample:
-
-    encode(request)       -> Encoded   text only (tokenized prompt, its length): cheap, done for every sample first
-    load(encoded)         -> Loaded    the sample's images decoded; a bad image raises `SampleError` for that sample
-    generate([Loaded...]) -> [str]     one batch, any mix of image counts; may raise (the runner retries it)
-
-Model specs (`load_adapter`):
-- `experiments/<name>.yaml`: a VPG-C experiment config (`model:` section), weights as the config names them;
-- a checkpoint folder (`weights.safetensors` + `config.yaml`, written by training);
-- `models:/<name>@<alias>` or `runs:/<run id>/<path>`: an MLflow model, downloaded to a checkpoint folder;
-- `hf:<hub id or local folder>`: any model with a chat template that `AutoProcessor` + `AutoModelForImageTextToText`
-  load. The processor is probed once (`probe_feeding`): a chat template that renders images where they are gets
-  the prompt interleaved, one that gathers them gets the DEMON paper's fallback (all images first, `[Image k]`
-  markers where the text referred to them); images go in one list per prompt when the processor takes that and
-  answers a batch as it answers each prompt alone, else in one flat list.
-
-`fingerprint` identifies what the model computes (its config + a hash of every weight + whether it is blind), so
-cached responses are reused exactly when the same model answers the same prompt with the same settings.
-
-A blind adapter (`blind=True`) is the control of an ablation: the same model with every image replaced by a blank
-grey image of the same size, so the prompt and its token count are unchanged and only the pixels are withheld.
-What a model scores above its blind control is what it got from the images.
-"""
+"""Hugging Face image-text-to-text models behind the adapter interface, fed as their processor allows."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from components.demon.schema import Part, to_parts
 from components.errors import UserError
+from components.evaluation.adapters.base import Encoded, Loaded, ModelAdapter, Request
 from components.vpgc.generation import GenerationSettings
 
 HF_PREFIX = "hf:"
-MLFLOW_PREFIXES = ("models:/", "runs:/")
 HF_DEFAULT_MAX_NEW_TOKENS = 300  # the release's limit
-BLANK_GREY = (128, 128, 128)  # a blind control's images: mid-grey, ~0 after the usual mean-0.5 normalisation
 logger = logging.getLogger(__name__)
-UNKNOWN_SPEC_HELP = (
-    "give an experiment config (experiments/<name>.yaml), a checkpoint folder (weights.safetensors + config.yaml), "
-    "an MLflow model (models:/<name>@<alias>, runs:/<run id>/<path>) or a Hugging Face model (hf:<id or folder>)"
-)
-
-
-class SampleError(Exception):
-    """One sample cannot be run (an image that does not load, a prompt the model cannot take); the message says why."""
-
-
-@dataclass(frozen=True)
-class Request:
-    """One DEMON instruction to answer: its interleaved parts (image paths relative to `image_root`)."""
-
-    uid: str
-    parts: list[Part]
-    image_root: Path | None = None
-
-    def image_paths(self) -> list[Path]:
-        root = self.image_root
-        return [root / p["path"] if root else Path(p["path"]) for p in self.parts if p["type"] == "image"]
-
-
-@dataclass
-class Encoded:
-    """A request after the text-only step; `length` (prompt tokens, images included) orders the batches."""
-
-    request: Request
-    length: int
-    payload: Any = None  # adapter-specific: a PromptLayout, or chat-template text
-
-
-@dataclass
-class Loaded:
-    """An encoded request with its images decoded (`pixels`: adapter-specific)."""
-
-    encoded: Encoded
-    pixels: Any = field(default=None, repr=False)
-
-
-def weights_sha256(module: nn.Module) -> str:
-    """sha256 over every tensor of `module.state_dict()` (names, dtypes, shapes, bytes), in name order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        data = tensor.detach().reshape(-1).contiguous()
-        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(data.cpu().view(torch.uint8).numpy())  # the buffer itself, no copy
-    return digest.hexdigest()
-
-
-class ModelAdapter(ABC):
-    """What the evaluation runner needs from a model (see the module docstring)."""
-
-    kind: str
-    default_max_new_tokens: int
-    interleaved: bool = True
-
-    def __init__(self, spec: str, config: dict[str, Any], module: nn.Module, blind: bool = False) -> None:
-        self.spec = spec
-        self.config = config  # JSON-able: what the model is, beyond its weights
-        self.blind = blind
-        self._module = module
-        self._fingerprint: str | None = None
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of the adapter kind, the config, blindness and the weights (computed once)."""
-        if self._fingerprint is None:
-            head = json.dumps({"kind": self.kind, "config": self.config, "blind": self.blind}, sort_keys=True,
-                              default=str)  # fmt: skip
-            self._fingerprint = hashlib.sha256(f"{head}|{weights_sha256(self._module)}".encode()).hexdigest()
-        return self._fingerprint
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "spec": self.spec, "fingerprint": self.fingerprint, "blind": self.blind,
-                "config": self.config}  # fmt: skip
-
-    def images(self, request: Request) -> list[Any]:
-        """The request's images as RGB PIL images in prompt order; blank ones of the same sizes when blind."""
-        from PIL import Image
-
-        images = [open_rgb(path) for path in request.image_paths()]
-        return [Image.new("RGB", image.size, BLANK_GREY) for image in images] if self.blind else images
-
-    @property
-    def device(self) -> torch.device:
-        return next(self._module.parameters()).device
-
-    @abstractmethod
-    def encode(self, request: Request) -> Encoded: ...
-
-    @abstractmethod
-    def load(self, encoded: Encoded) -> Loaded: ...
-
-    @abstractmethod
-    def generate(self, batch: Sequence[Loaded], settings: GenerationSettings) -> list[str]: ...
-
-
-def open_rgb(path: Path) -> Any:
-    """A decoded RGB PIL image; `SampleError` naming the file when it is missing or unreadable."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise SampleError(f"image {path} not found") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise SampleError(f"image {path} cannot be decoded ({error})") from None
-
-
-# ----------------------------------------------------------------------------------------------------- VPG-C
-
-
-class VPGCAdapter(ModelAdapter):
-    """A `VPGCModel`: interleaved prompts in its own template, batched generation with VPG-C in the prefill."""
-
-    kind = "vpgc"
-
-    def __init__(self, spec: str, model: Any, blind: bool = False, prompt: str = "training") -> None:
-        from components.vpgc.prompts import check_preset
-
-        check_preset(prompt, model.config.prompt.template)
-        config = model.config.replace(vpgc_enabled=model.vpgc_enabled).to_dict()
-        # the preset changes the text the model reads, so it is part of what the cache knows the model by
-        super().__init__(spec, {**config, "prompt_preset": prompt}, model, blind)
-        self.model = model
-        self.prompt = prompt
-        self.default_max_new_tokens = model.config.prompt.max_new_tokens
-        self.stop = tuple(model.config.prompt.stop)
-
-    def encode(self, request: Request) -> Encoded:
-        from components.vpgc.prompts import Turn, layout
-
-        template = self.model.config.prompt.template
-        try:
-            item = layout([Turn(user=request.parts)], self.model.tokenizer, template, self.model.vpg.num_query_tokens,
-                          preset=self.prompt)  # fmt: skip
-        except UserError as error:
-            raise SampleError(str(error)) from None
-        return Encoded(request, len(item.prompt_ids), item)
-
-    def load(self, encoded: Encoded) -> Loaded:
-        processor = self.model.image_processor
-        size = self.model.config.vision.image_size
-        pixels = [processor(image) for image in self.images(encoded.request)]
-        return Loaded(encoded, torch.stack(pixels) if pixels else torch.zeros(0, 3, size, size))
-
-    @torch.inference_mode()
-    def generate(self, batch: Sequence[Loaded], settings: GenerationSettings) -> list[str]:
-        from components.vpgc.generation import generate
-
-        layouts = [item.encoded.payload for item in batch]
-        pixels = torch.cat([item.pixels for item in batch])
-        prompt_batch, features = self.model.prepare(layouts, pixels, padding_side="left")
-        return generate(self.model, prompt_batch, features, settings)
-
-
-# ------------------------------------------------------------------------------------------- Hugging Face
 
 
 def render_hf_content(parts: Sequence[Part], interleaved: bool) -> tuple[list[dict[str, str]], list[str]]:
@@ -444,55 +255,3 @@ class HFAdapter(ModelAdapter):
         )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-# ---------------------------------------------------------------------------------------------- resolution
-
-
-def _is_checkpoint(path: Path) -> bool:
-    from components.vpgc.checkpoints import CONFIG_FILE, WEIGHTS_FILE
-
-    return (path / WEIGHTS_FILE).is_file() and (path / CONFIG_FILE).is_file()
-
-
-def load_adapter(
-    spec: str,
-    vpgc: bool | None = None,
-    device: str = "cpu",
-    image_placement: str = "auto",
-    blind: bool = False,
-    prompt: str = "training",
-) -> ModelAdapter:
-    """The model a spec names (see the module docstring); `vpgc` switches VPG-C on or off (None: as configured);
-    `blind` withholds the images (the blind control); `prompt` is the VPG-C prompt preset (`eval.prompt`)."""
-    if spec.startswith(HF_PREFIX):
-        if vpgc is not None:
-            raise UserError(f"{spec}: --vpgc applies to VPG-C models only; leave it out for Hugging Face models")
-        if prompt != "training":
-            raise UserError(f"{spec}: eval.prompt: {prompt} applies to VPG-C models; HF models use their own template")
-        return HFAdapter.from_pretrained(spec, device, image_placement, blind)
-    from components.vpgc.config import load_config
-    from components.vpgc.model import VPGCModel
-
-    changes = {} if vpgc is None else {"vpgc_enabled": vpgc}
-    if spec.startswith(MLFLOW_PREFIXES):
-        import mlflow
-
-        from components.tracking.models import download_checkpoint
-        from components.tracking.runs import tracking_uri
-
-        mlflow.set_tracking_uri(tracking_uri())  # the workspace's store unless MLFLOW_TRACKING_URI names another
-        directory = Path(download_checkpoint(spec))
-        return VPGCAdapter(spec, VPGCModel.from_checkpoint(directory, device=device, **changes).eval(), blind, prompt)
-    path = Path(spec)
-    if path.is_dir():
-        if _is_checkpoint(path):
-            return VPGCAdapter(spec, VPGCModel.from_checkpoint(path, device=device, **changes).eval(), blind, prompt)
-        if (path / "config.json").is_file():
-            raise UserError(f"{spec} looks like a Hugging Face model folder; pass it as hf:{spec}")
-        raise UserError(f"{spec}: no weights.safetensors + config.yaml in this folder; {UNKNOWN_SPEC_HELP}")
-    if path.is_file() and path.suffix in (".yaml", ".yml"):
-        config = load_config(path)
-        model = VPGCModel.from_config(config.replace(**changes) if changes else config, device=device)
-        return VPGCAdapter(spec, model.eval(), blind, prompt)
-    raise UserError(f"model {spec!r} not found; {UNKNOWN_SPEC_HELP}")
