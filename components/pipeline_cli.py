@@ -1,9 +1,11 @@
-"""`demonlab run | server | worker | ui`: the pipeline on this machine, and the local services behind it.
+"""`demonlab run | doctor | server | worker | ui`: the pipeline on this machine, and the local services behind it.
 
 `run` reproduces the DVC pipeline through the `demon-pipeline` Prefect flow (one MLflow parent run, a child per
 stage). `server` + `worker` serve the deployments of `prefect.yaml`, so `prefect deployment run 'demon-pipeline/
-embedded'` works; `ui` opens the MLflow comparison. Everything binds to 127.0.0.1. Prefect is only ever started as a
-subprocess: `components` does not import it.
+embedded'` works; `ui` opens the MLflow comparison. Everything binds to 127.0.0.1; `--host` beyond loopback needs
+the tool's own authentication (`components.security.check_exposure`). Prefect is only ever started as a
+subprocess: `components` does not import it. Each command stops everything it started when it is stopped, and
+nothing it started outlives it (`components.lifetime`); `doctor` ends what a killed run left running in the stores.
 """
 
 from __future__ import annotations
@@ -11,15 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
 from components.errors import UserError
+from components.lifetime import child, dies_with_us, stoppable
 from components.quiet import quiet
+from components.security import check_exposure, check_prefect_login, redact
 
 POOL = "demonlab"
 PREFECT_PORT = 4200
@@ -44,6 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     run.set_defaults(handler=run_pipeline)
 
+    doctor = subparsers.add_parser(
+        "doctor",
+        help="end what a killed run left running in MLflow and Prefect (`demonlab run` does it when it starts)",
+        description="Find this workspace's MLflow runs and Prefect flow runs still recorded as running whose process "
+        "on this machine has exited (killed by SIGKILL, a crash, a power cut) and end them: MLflow runs become KILLED, "
+        "Prefect flow and task runs Crashed, each saying who found it and why. Live runs and other machines' runs are "
+        "left alone. Uses the Prefect server at PREFECT_API_URL, or starts the workspace's (.prefect/) for the check.",
+    )
+    doctor.set_defaults(handler=run_doctor)
+
     server = subparsers.add_parser(
         "server",
         help="start the local Prefect server (127.0.0.1:4200, state in .prefect/)",
@@ -51,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`demonlab worker`. Stop with Ctrl-C.",
     )
     server.add_argument("--port", type=int, default=PREFECT_PORT)
+    _add_exposure_arguments(server, "needs PREFECT_SERVER_API_AUTH_STRING set")
     server.set_defaults(handler=run_server)
 
     worker = subparsers.add_parser(
@@ -70,7 +87,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "workspace's mlflow.db). Compare runs: select them in the `demonlab` experiment, then Compare.",
     )
     ui.add_argument("--port", type=int, default=MLFLOW_PORT)
+    ui.add_argument(
+        "--auth",
+        action="store_true",
+        help="serve MLflow's basic-auth app (users in ./basic_auth.db or MLFLOW_AUTH_CONFIG_PATH's database; "
+        "the first start needs MLFLOW_AUTH_ADMIN_PASSWORD)",
+    )
+    _add_exposure_arguments(ui, "needs --auth")
     ui.set_defaults(handler=run_ui)
+
+
+def _add_exposure_arguments(parser: argparse.ArgumentParser, auth: str) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help=f"interface to bind (default 127.0.0.1; any other {auth})")
+    parser.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback --host without authentication (warns)"
+    )
 
 
 def _environment() -> dict[str, str]:
@@ -98,22 +129,34 @@ def parse_assignments(pairs: list[str]) -> dict[str, object]:
     return overrides
 
 
-def run_pipeline(args: argparse.Namespace) -> int:
+@contextmanager
+def _prefect_api(env: dict[str, str]) -> Iterator[str]:
+    """PREFECT_API_URL, else a Prefect server on 127.0.0.1 over the workspace's state for as long as the block."""
     from components.servers import prefect_server
 
+    if "PREFECT_API_URL" in env:
+        check_prefect_login(env["PREFECT_API_URL"], env.get("PREFECT_API_AUTH_STRING"))
+        yield env["PREFECT_API_URL"]
+        return
+    with prefect_server(Path(env["PREFECT_HOME"])) as api:
+        print(f"Prefect UI on {api.removesuffix('/api')} until this command ends", flush=True)
+        yield api
+
+
+@stoppable
+def run_pipeline(args: argparse.Namespace) -> int:
     _require_workspace()
     env = _environment()
     result_file = Path(env["PREFECT_HOME"]) / "last-pipeline-run.json"
     result_file.unlink(missing_ok=True)
     command = [sys.executable, "-m", "flows.pipeline", "--set", json.dumps(parse_assignments(args.set))]
     command += ["--result", str(result_file)] + (["--stages", *args.stages] if args.stages else [])
-    own_server = "PREFECT_API_URL" not in env
-    with prefect_server(Path(env["PREFECT_HOME"])) if own_server else nullcontext(env["PREFECT_API_URL"]) as api:
+    with _prefect_api(env) as api:
         env["PREFECT_API_URL"] = api
-        returncode = subprocess.run(command, env=env).returncode
+        returncode = _foreground(command, env)
     result = json.loads(result_file.read_text()) if result_file.is_file() else {}
     if returncode != 0 or "error" in result:
-        raise UserError(result.get("error", f"the pipeline flow exited with {returncode}; its log is above"))
+        raise UserError(redact(result.get("error", f"the pipeline flow exited with {returncode}; its log is above")))
     print(f"pipeline done: {len(result['stages'])} stage(s) checked; MLflow parent run {result['mlflow_run_id']}")
     for line in pipeline_summary(yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))):
         print(line)
@@ -146,50 +189,83 @@ def pipeline_summary(params: dict) -> list[str]:
 
 
 def _foreground(command: list[str], env: dict[str, str]) -> int:
-    try:
-        return subprocess.run(command, env=env).returncode
-    except KeyboardInterrupt:
-        return 0
+    """Run `command` to its end; a stop signal (`stoppable`) stops its whole tree first."""
+    with child(command, env=env) as process:
+        return process.wait()
 
 
-def run_server(args: argparse.Namespace) -> int:
-    from components.servers import prefect_server_command
-
+@stoppable
+def run_doctor(args: argparse.Namespace) -> int:
+    _require_workspace()
     env = _environment()
+    with _prefect_api(env) as api:
+        env["PREFECT_API_URL"] = api
+        return _foreground([sys.executable, "-m", "flows.tracking"], env)
+
+
+@stoppable
+def run_server(args: argparse.Namespace) -> int:
+    from components.servers import listen_url, prefect_server_command, prefect_ui_env
+
+    env = prefect_ui_env(_environment(), args.host, args.port)
+    check_exposure(
+        args.host,
+        auth_configured=bool(env.get("PREFECT_SERVER_API_AUTH_STRING")),
+        insecure=args.insecure,
+        service="the Prefect server (it starts, cancels and deletes flow runs and deployments)",
+        how="set PREFECT_SERVER_API_AUTH_STRING=user:password here and PREFECT_API_AUTH_STRING on every client",
+    )
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-    print(f"Prefect UI and API on http://127.0.0.1:{args.port} (PREFECT_API_URL=http://127.0.0.1:{args.port}/api)")
-    return _foreground(prefect_server_command(args.port), env)
+    url = listen_url(args.host, args.port)
+    print(f"Prefect UI and API on {url} (PREFECT_API_URL={url}/api)", flush=True)
+    return _foreground(prefect_server_command(args.port, args.host), env)
 
 
+@stoppable
 def run_worker(args: argparse.Namespace) -> int:
     _require_workspace()
     env = _environment()
     env.setdefault("PREFECT_API_URL", f"http://127.0.0.1:{PREFECT_PORT}/api")
     env["DEMONLAB_WORKSPACE"] = str(Path.cwd())  # prefect.yaml's pull step runs flows here
+    check_prefect_login(env["PREFECT_API_URL"], env.get("PREFECT_API_AUTH_STRING"))
     prefect = str(Path(sys.executable).with_name("prefect"))
     steps = (
         [prefect, "work-pool", "create", args.pool, "--type", "process", "--overwrite"],
         [prefect, "--no-prompt", "deploy", "--all"],
     )
     for step in steps:
-        done = subprocess.run(step, env=env, capture_output=True, text=True)
+        done = subprocess.run(step, env=env, capture_output=True, text=True, preexec_fn=dies_with_us())
         if done.returncode != 0:
             raise UserError(
-                f"`{' '.join(step[1:])}` failed against {env['PREFECT_API_URL']} (is `demonlab server` running?):\n"
-                f"{(done.stdout + done.stderr)[-2000:]}"
+                redact(
+                    f"`{' '.join(step[1:])}` failed against {env['PREFECT_API_URL']} (is `demonlab server` running?):"
+                    f"\n{(done.stdout + done.stderr)[-2000:]}"
+                )
             )
-    print(f"deployments of prefect.yaml registered; worker on pool {args.pool!r} (Ctrl-C stops it)")
+    print(f"deployments of prefect.yaml registered; worker on pool {args.pool!r} (Ctrl-C stops it)", flush=True)
     return _foreground([prefect, "worker", "start", "--pool", args.pool, "--type", "process"], env)
 
 
+@stoppable
 def run_ui(args: argparse.Namespace) -> int:
+    from components.servers import listen_url
     from components.tracking.runs import tracking_uri
 
+    check_exposure(
+        args.host,
+        auth_configured=args.auth,
+        insecure=args.insecure,
+        service="the MLflow UI (it reads and deletes every run, experiment and registered model)",
+        how="add --auth (MLflow's basic-auth app; the first start needs MLFLOW_AUTH_ADMIN_PASSWORD)",
+    )
     env = _environment()
+    if args.auth:  # the basic-auth app signs its CSRF tokens; for one server a fresh key per start is enough
+        env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_urlsafe(32))
     store = tracking_uri()
     command = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", store]
     if store.startswith("sqlite:"):  # runs logged to the embedded store keep their artifacts beside it
         command += ["--default-artifact-root", Path("mlartifacts").resolve().as_uri()]
-    command += ["--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (store: {store})")
+    command += ["--host", args.host, "--port", str(args.port), "--workers", "1"]
+    command += ["--app-name", "basic-auth"] if args.auth else []
+    print(f"MLflow UI on {listen_url(args.host, args.port)} (store: {redact(store)})", flush=True)
     return _foreground(command, env)

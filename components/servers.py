@@ -4,7 +4,6 @@ needs them: `demonlab run`, the `demonlab server`/`worker`/`ui` commands, and th
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from components.lifetime import child
 from components.quiet import quiet
 
 
@@ -38,22 +38,13 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) ->
 
 @contextmanager
 def background(command: list[str], log: Path, env: dict | None = None, cwd: Path | None = None):
-    """Run `command` in its own process group until the block ends; stop the group (SIGINT, then SIGKILL)."""
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
-        )
-    try:
+    """Run `command` in its own session, tied to this process (`lifetime.tied`), until the block ends; then stop its
+    tree (SIGINT, then SIGKILL)."""
+    with (
+        log.open("w") as sink,
+        child(command, session=True, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=cwd) as process,
+    ):
         yield process
-    finally:
-        for sig, wait in ((signal.SIGINT, 10), (signal.SIGKILL, 5)):
-            if process.poll() is not None:
-                break
-            os.killpg(process.pid, sig)
-            try:
-                process.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
 
 
 @contextmanager
@@ -64,9 +55,24 @@ def server(command: list[str], health_url: str, log: Path, env: dict | None = No
         yield process
 
 
-def prefect_server_command(port: int) -> list[str]:
+def prefect_server_command(port: int, host: str = "127.0.0.1") -> list[str]:
     prefect = Path(sys.executable).with_name("prefect")  # this environment's, whatever PATH says
-    return [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    return [str(prefect), "server", "start", "--host", host, "--port", str(port)]
+
+
+def listen_url(host: str, port: int) -> str:
+    """The address a browser uses for a server bound to `host`: a wildcard bind answers on this machine's name."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def prefect_ui_env(env: dict[str, str], host: str, port: int) -> dict[str, str]:
+    """`env` for a Prefect server on host:port whose UI calls its own API: Prefect's UI would call PREFECT_API_URL,
+    else port 4200, whatever port it is served on. A UI API URL the user set (a proxy's) wins."""
+    if "PREFECT_SERVER_UI_API_URL" in env or "PREFECT_UI_API_URL" in env:
+        return env
+    return {**env, "PREFECT_SERVER_UI_API_URL": f"{listen_url(host, port)}/api"}
 
 
 @contextmanager
@@ -74,7 +80,7 @@ def prefect_server(home: Path) -> Iterator[str]:
     """A Prefect API server with its own SQLite database under `home`; yields its API URL."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home)}
+    env = prefect_ui_env({**os.environ, "PREFECT_HOME": str(home)}, "127.0.0.1", port)
     quiet(env)
     command = prefect_server_command(port)
     with server(command, f"http://127.0.0.1:{port}/api/health", home / "server.log", env=env):

@@ -3,34 +3,47 @@
 DVC decides what is stale (a stage that did not change is skipped by `dvc repro --single-item`), so Prefect result
 caching is off. One pipeline runs per workspace at a time (a global concurrency limit named after the workspace).
 Each stage's own flow run becomes a child MLflow run through `DEMONLAB_PARENT_RUN_ID`; after it finishes, the
-child and the parent are tagged with the DVC hashes of what it read and wrote.
+child and the parent are tagged with the DVC hashes of what it read and wrote. Before anything, it reconciles what a
+killed run of the workspace left running in MLflow and Prefect (`flows.tracking.reconcile`).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
+import select
 import subprocess
 import sys
+import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import mlflow
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.concurrency.context import ConcurrencyContext
 from prefect.concurrency.sync import concurrency
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
 from components.atomic import write_json
 from components.errors import UserError
+from components.lifetime import GRACE, die_with_parent, dies_with_us
 from components.tracking.provenance import stage_data_tags
-from components.tracking.runs import PARENT_RUN_ENV, configure, flatten, git_commit, workspace
-from flows.entry import USER_ERROR_EXIT
+from components.tracking.runs import (
+    PARENT_RUN_ENV,
+    configure,
+    git_commit,
+    loggable_params,
+    start_run,
+    workspace,
+    workspace_key,
+)
+from flows.entry import USER_ERROR_EXIT, stage_main
 from flows.params import load_params, set_params
+from flows.tracking import LEASE_TAG, claim_flow_run, reconcile
 
 
 class StageFailed(RuntimeError):
@@ -57,14 +70,28 @@ def stage_order() -> list[str]:
 def _tee(command: list[str], env: dict[str, str]) -> tuple[int, str]:
     """Run `command`, echoing its output (progress bars included) and keeping the tail for the error message."""
     tail: deque[bytes] = deque(maxlen=64)
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # in this process's group, so a Ctrl-C reaches the stage too (DVC waits for it); ends if this process is killed
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0, preexec_fn=dies_with_us()
+    )
     assert process.stdout is not None
-    while chunk := process.stdout.read1(4096):
+    try:
+        _echo(process.stdout, tail)
+    except BaseException:  # stopped: show the stage recording itself as stopped before this flow does, for a while
+        _echo(process.stdout, tail, deadline=time.monotonic() + GRACE)
+        raise
+    lines = b"".join(tail).decode(errors="replace").replace("\r", "\n").splitlines()
+    return process.wait(), "\n".join(line for line in lines[-25:] if line.strip())
+
+
+def _echo(stream: IO[bytes], tail: deque[bytes], deadline: float | None = None) -> None:
+    """Copy `stream` to stdout until it ends (or `deadline` passes), keeping its last chunks in `tail`."""
+    while deadline is None or select.select([stream], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        if not (chunk := stream.read(65536)):
+            return
         sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
         tail.append(chunk)
-    lines = b"".join(tail).decode(errors="replace").replace("\r", "\n").splitlines()
-    return process.wait(), "\n".join(line for line in lines[-25:] if line.strip())
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -96,7 +123,7 @@ def tag_stage_runs(parent_id: str, stage: str) -> None:
 
 
 def _workspace_limit() -> str:
-    name = "demonlab-workspace-" + hashlib.sha256(str(workspace()).encode()).hexdigest()[:12]
+    name = workspace_key()
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name, limit=1)
     return name
@@ -109,7 +136,14 @@ def demon_pipeline(stages: list[str] | None = None, set: dict[str, Any] | None =
     `set`: parameter overrides, dotted keys of params.yaml (`{"train.max_steps": 20}`), applied before DVC runs.
     """
     logger = get_run_logger()
+    if deployment.get_id():  # started by a worker: end with it, as everything `demonlab` starts does
+        die_with_parent()
+    claim_flow_run()
+    for line in reconcile(f"pipeline flow run {flow_run.get_id()}"):
+        logger.warning("reconciled: %s", line)
     with concurrency(_workspace_limit(), occupy=1, strict=True):
+        # the lease, so the next run can free the slot if this one is killed (`flows.tracking.reconcile`)
+        claim_flow_run(LEASE_TAG + str(ConcurrencyContext.get().cleanup_lease_ids[-1]))
         if set:
             set_params(set)
         params = load_params()
@@ -125,8 +159,8 @@ def demon_pipeline(stages: list[str] | None = None, set: dict[str, Any] | None =
             "prefect.flow_run_id": str(flow_run.get_id() or ""),
             "git.commit": git_commit() or "",
         }
-        with mlflow.start_run(run_name="pipeline", tags=tags) as parent:
-            mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
+        with start_run(run_name="pipeline", tags=tags) as parent:
+            mlflow.log_params(loggable_params(params))  # refuses a credential before MLflow sees it
             env = {**os.environ, PARENT_RUN_ENV: parent.info.run_id}
             for index, stage in enumerate(selected, 1):
                 logger.info("[%d/%d] %s", index, len(selected), stage)
@@ -135,7 +169,7 @@ def demon_pipeline(stages: list[str] | None = None, set: dict[str, Any] | None =
     return {"mlflow_run_id": parent.info.run_id, "stages": selected}
 
 
-if __name__ == "__main__":
+def main() -> None:
     parser = argparse.ArgumentParser(description="Run the DVC pipeline as one Prefect flow (see `demonlab run`).")
     parser.add_argument("--stages", nargs="*", default=None, help="only these DVC stages (default: all)")
     parser.add_argument("--set", default="{}", help="JSON parameter overrides, e.g. '{\"train.max_steps\": 20}'")
@@ -151,3 +185,7 @@ if __name__ == "__main__":
         print(f"error: {result['error']}", file=sys.stderr)
     if "error" in result:
         sys.exit(USER_ERROR_EXIT if result["user_error"] else 1)
+
+
+if __name__ == "__main__":
+    stage_main(main)

@@ -357,11 +357,14 @@ def serve(engine: Engine, options: Options, host: str, port: int) -> None:
     page = build(engine, options)
     page.queue(default_concurrency_limit=1)
     # Gradio's own size cap stops a huge upload before it is written; the checks in chat.py give the message.
-    page.launch(
-        server_name=host,
-        server_port=port,
-        ssr_mode=False,
-        mcp_server=False,
-        quiet=True,
-        max_file_size=2 * options.limits.max_bytes,
-    )
+    try:
+        page.launch(
+            server_name=host,
+            server_port=port,
+            ssr_mode=False,
+            mcp_server=False,
+            quiet=True,
+            max_file_size=2 * options.limits.max_bytes,
+        )
+    finally:
+        page.close()  # a stop signal (components.lifetime.Stopped) ends launch's loop here: free the port first

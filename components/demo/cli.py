@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from components.lifetime import stoppable
+
 DEFAULT_PORT = 7860  # Gradio's
 PAPER_CHECKPOINT = "vpgc-synthetic/final"  # the pipeline's model trained with the paper's recipe (params.yaml train)
 
@@ -57,6 +59,7 @@ def offered_models(checkpoints: Path, experiments: Path) -> list[str]:
     return found + sorted(str(p) for p in experiments.glob("*.yaml"))
 
 
+@stoppable
 def run_demo(args: argparse.Namespace) -> int:
     from components.quiet import quiet
     from components.security import check_exposure
