@@ -1,8 +1,10 @@
 """`demonlab run | doctor | server | worker | ui`: the pipeline on this machine, and the local services behind it.
 
 `run` reproduces the DVC pipeline through the `demon-pipeline` Prefect flow (one MLflow parent run, a child per
-stage). `server` + `worker` serve the deployments of `prefect.yaml`, so `prefect deployment run 'demon-pipeline/
-embedded'` works; `ui` opens the MLflow comparison. Everything binds to 127.0.0.1; `--host` beyond loopback needs
+stage): one line per stage on the console (`components.console`), all that DVC, Prefect, MLflow and the stages print
+in the run's log (`logs/run-<UTC time>.log`), then the results and where to look further. `server` + `worker` serve
+the deployments of `prefect.yaml`, so `prefect deployment run 'demon-pipeline/embedded'` works; `ui` opens the
+MLflow comparison. Everything binds to 127.0.0.1; `--host` beyond loopback needs
 the tool's own authentication (`components.security.check_exposure`). Prefect is only ever started as a
 subprocess: `components` does not import it. Each command stops everything it started when it is stopped, and
 nothing it started outlives it (`components.lifetime`); `doctor` ends what a killed run left running in the stores.
@@ -16,12 +18,16 @@ import os
 import secrets
 import subprocess
 import sys
+import time
+from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from components.console import PipelineConsole
 from components.errors import UserError
 from components.lifetime import child, dies_with_us, stoppable
 from components.quiet import quiet
@@ -47,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="change a parameter in params.yaml first, as `dvc exp run -S` does (repeatable)",
+    )
+    run.add_argument(
+        "-v", "--verbose", action="store_true", help="show what DVC, Prefect, MLflow and the stages print, not a log"
     )
     run.set_defaults(handler=run_pipeline)
 
@@ -147,20 +156,79 @@ def _prefect_api(env: dict[str, str]) -> Iterator[str]:
 def run_pipeline(args: argparse.Namespace) -> int:
     _require_workspace()
     env = _environment()
-    result_file = Path(env["PREFECT_HOME"]) / "last-pipeline-run.json"
+    home = Path(env["PREFECT_HOME"])
+    result_file = home / "last-pipeline-run.json"
     result_file.unlink(missing_ok=True)
     command = [sys.executable, "-m", "flows.pipeline", "--set", json.dumps(parse_assignments(args.set))]
     command += ["--result", str(result_file)] + (["--stages", *args.stages] if args.stages else [])
+    log = None if args.verbose else Path("logs") / time.strftime("run-%Y%m%d-%H%M%S.log", time.gmtime())
+    if log:
+        log.parent.mkdir(exist_ok=True)
+        log.touch()  # there for whoever reads the path as soon as it is printed
+        print(f"log: {log} (what DVC, Prefect, MLflow and the stages print; -v shows it here)", flush=True)
+    view = PipelineConsole(home / "stage-seconds.json", live=log is not None)
+    started, own_server = time.monotonic(), "PREFECT_API_URL" not in env
     with _prefect_api(env) as api:
         env["PREFECT_API_URL"] = api
-        returncode = _foreground(command, env)
+        returncode, outcomes = _follow(command, env, log, view)
     result = json.loads(result_file.read_text()) if result_file.is_file() else {}
     if returncode != 0 or "error" in result:
-        raise UserError(redact(result.get("error", f"the pipeline flow exited with {returncode}; its log is above")))
-    print(f"pipeline done: {len(result['stages'])} stage(s) checked; MLflow parent run {result['mlflow_run_id']}")
+        # the flow's own one line, else the end of its log (a traceback's last line names the exception)
+        last = log.read_text(errors="replace").strip().splitlines()[-1:] if log else []
+        reason = result.get("error") or f"the pipeline flow exited with {returncode}" + "".join(f": {x}" for x in last)
+        raise UserError(redact(reason) + (f"; full log: {log}" if log else "; its log is above"))
+    minutes, seconds = divmod(round(time.monotonic() - started), 60)
+    counts = ", ".join(f"{outcomes[outcome]} {outcome}" for outcome in ("ran", "unchanged") if outcomes[outcome])
+    print(
+        f"pipeline done: {len(result['stages'])} stage(s) checked ({counts}) in {minutes}m {seconds:02d}s; "
+        f"MLflow parent run {result['mlflow_run_id']} ({result['name']})"
+    )
     for line in pipeline_summary(yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))):
         print(line)
+    for line in look_further(result, None if own_server else api):
+        print(line)
     return 0
+
+
+def _follow(command: list[str], env: dict[str, str], log: Path | None, view: PipelineConsole) -> tuple[int, Counter]:
+    """Run the pipeline flow with its output in `log` (None: on this console) while `view` renders its progress
+    events; its exit status and the count of each stage outcome."""
+    read, write = os.pipe()
+    with ExitStack() as stack:  # left in reverse: the flow is stopped while its events are still read
+        events = stack.enter_context(os.fdopen(read, encoding="utf-8"))
+        output: dict[str, Any] = (
+            {"stdout": stack.enter_context(log.open("ab")), "stderr": subprocess.STDOUT} if log else {}
+        )
+        process = stack.enter_context(child([*command, "--events", str(write)], env=env, pass_fds=(write,), **output))
+        os.close(write)  # the flow holds the only writing end now: the events end when it does
+        outcomes = view.follow(events)
+        return process.wait(), outcomes
+
+
+def look_further(result: dict, prefect_api: str | None) -> list[str]:
+    """The commands that show this run: the MLflow comparison of the models it evaluated, and its Prefect flow run
+    (on `prefect_api`, else on the workspace's own server, which kept it)."""
+    from components.tracking.runs import tracking_uri
+
+    store = tracking_uri()
+    # a tracking server shows its own UI; the embedded store's is `demonlab ui`
+    mlflow_ui = store.rstrip("/") if store.startswith(("http://", "https://")) else None
+    lines = []
+    if result["evaluated"]:
+        query = f"runs={_compact(result['evaluated'])}&experiments={_compact([result['experiment_id']])}"
+        lines.append(_open("compare the models", mlflow_ui, "demonlab ui", MLFLOW_PORT, f"/#/compare-runs?{query}"))
+    prefect_ui = prefect_api.removesuffix("/api") if prefect_api else None
+    path = f"/runs/flow-run/{result['flow_run_id']}"
+    lines.append(_open("this run in Prefect", prefect_ui, "demonlab server", PREFECT_PORT, path))
+    return lines
+
+
+def _compact(ids: list[str]) -> str:
+    return json.dumps(ids, separators=(",", ":"))  # MLflow's own links: JSON lists, here without spaces to copy
+
+
+def _open(what: str, ui: str | None, command: str, port: int, path: str) -> str:
+    return f"{what}: {ui}{path}" if ui else f"{what}: {command}, then http://127.0.0.1:{port}{path}"
 
 
 def pipeline_summary(params: dict) -> list[str]:

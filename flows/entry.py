@@ -27,4 +27,22 @@ def stage_main(entry: Callable[[], object]) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     except KeyboardInterrupt:
+        end_open_runs()
         sys.exit(128 + signal.SIGINT)
+
+
+def end_open_runs() -> None:
+    """End this process's MLflow runs still RUNNING as KILLED. An interrupt that lands inside `mlflow.start_run`,
+    after the run exists but before its `with` block, leaves a run that no context manager ends."""
+    if "mlflow" not in sys.modules:  # nothing tracked yet
+        return
+    import mlflow
+
+    from components.tracking.runs import PROCESS_TAG, this_process
+
+    query = f"tags.`{PROCESS_TAG}` = '{this_process()}' and attributes.status = 'RUNNING'"
+    try:
+        for run in mlflow.search_runs(search_all_experiments=True, filter_string=query, output_format="list"):
+            mlflow.MlflowClient().set_terminated(run.info.run_id, "KILLED")
+    except Exception:  # best effort on the way out: the next run's reconciliation ends whatever is left
+        pass

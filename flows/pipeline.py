@@ -4,7 +4,9 @@ DVC decides what is stale (a stage that did not change is skipped by `dvc repro 
 caching is off. One pipeline runs per workspace at a time (a global concurrency limit named after the workspace).
 Each stage's own flow run becomes a child MLflow run through `DEMONLAB_PARENT_RUN_ID`; after it finishes, the
 child and the parent are tagged with the DVC hashes of what it read and wrote. Before anything, it reconciles what a
-killed run of the workspace left running in MLflow and Prefect (`flows.tracking.reconcile`).
+killed run of the workspace left running in MLflow and Prefect (`flows.tracking.reconcile`). Started by `demonlab
+run`, it reports progress as events on a pipe (`--events`, `components.console`) while everything else it and the
+stages print goes to stdout, which `demonlab run` sends to the run's log file.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.concurrency.context import ConcurrencyContext
 from prefect.concurrency.sync import concurrency
-from prefect.runtime import deployment, flow_run
+from prefect.runtime import deployment, flow_run, task_run
 
 from components.atomic import write_json
+from components.console import Events, StageOutput
 from components.errors import UserError
 from components.lifetime import GRACE, die_with_parent, dies_with_us
 from components.tracking.provenance import stage_data_tags
@@ -37,6 +40,7 @@ from components.tracking.runs import (
     configure,
     git_commit,
     loggable_params,
+    pipeline_run_name,
     start_run,
     workspace,
     workspace_key,
@@ -44,6 +48,10 @@ from components.tracking.runs import (
 from flows.entry import USER_ERROR_EXIT, stage_main
 from flows.params import load_params, set_params
 from flows.tracking import LEASE_TAG, claim_flow_run, reconcile
+
+RETRIES = 2
+EVALUATED = "merge@"  # a merge stage's run holds one model's scores in one view: what a comparison compares
+EVENTS = Events()  # `demonlab run`'s progress channel once `main` opens it; none under a worker
 
 
 class StageFailed(RuntimeError):
@@ -67,8 +75,9 @@ def stage_order() -> list[str]:
         return [stage.addressing for stage in ordered]
 
 
-def _tee(command: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Run `command`, echoing its output (progress bars included) and keeping the tail for the error message."""
+def _tee(command: list[str], env: dict[str, str], output: StageOutput) -> tuple[int, str]:
+    """Run `command`, echoing its output (progress bars included) to stdout and `output`, and keeping the tail for
+    the error message."""
     tail: deque[bytes] = deque(maxlen=64)
     # in this process's group, so a Ctrl-C reaches the stage too (DVC waits for it); ends if this process is killed
     process = subprocess.Popen(
@@ -76,21 +85,22 @@ def _tee(command: list[str], env: dict[str, str]) -> tuple[int, str]:
     )
     assert process.stdout is not None
     try:
-        _echo(process.stdout, tail)
+        _echo(process.stdout, tail, output)
     except BaseException:  # stopped: show the stage recording itself as stopped before this flow does, for a while
-        _echo(process.stdout, tail, deadline=time.monotonic() + GRACE)
+        _echo(process.stdout, tail, output, deadline=time.monotonic() + GRACE)
         raise
     lines = b"".join(tail).decode(errors="replace").replace("\r", "\n").splitlines()
     return process.wait(), "\n".join(line for line in lines[-25:] if line.strip())
 
 
-def _echo(stream: IO[bytes], tail: deque[bytes], deadline: float | None = None) -> None:
-    """Copy `stream` to stdout until it ends (or `deadline` passes), keeping its last chunks in `tail`."""
+def _echo(stream: IO[bytes], tail: deque[bytes], output: StageOutput, deadline: float | None = None) -> None:
+    """Copy `stream` to stdout and `output` until it ends (or `deadline` passes), keeping its last chunks in `tail`."""
     while deadline is None or select.select([stream], [], [], max(0.0, deadline - time.monotonic()))[0]:
         if not (chunk := stream.read(65536)):
             return
         sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
+        output.feed(chunk)
         tail.append(chunk)
 
 
@@ -99,11 +109,19 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     return not (isinstance(error, StageFailed) and error.user_error)
 
 
-@task(name="dvc-stage", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+@task(name="dvc-stage", retries=RETRIES, retry_delay_seconds=5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 def run_stage(stage: str, env: dict[str, str]) -> None:
-    returncode, tail = _tee([sys.executable, "-m", "dvc", "repro", "--single-item", stage], env)
-    if returncode:
-        raise StageFailed(stage, tail)
+    EVENTS.emit("start", stage=stage)
+    started, output = time.monotonic(), StageOutput(stage, EVENTS)
+    returncode, tail = _tee([sys.executable, "-m", "dvc", "repro", "--single-item", stage], env, output)
+    error = StageFailed(stage, tail) if returncode else None
+    if error is None:
+        outcome = "ran" if output.ran else "unchanged"
+    else:
+        outcome = "retrying" if not error.user_error and task_run.get_run_count() <= RETRIES else "failed"
+    EVENTS.emit("end", stage=stage, outcome=outcome, seconds=round(time.monotonic() - started, 1))
+    if error:
+        raise error
 
 
 def tag_stage_runs(parent_id: str, stage: str) -> None:
@@ -141,32 +159,57 @@ def demon_pipeline(stages: list[str] | None = None, set: dict[str, Any] | None =
     claim_flow_run()
     for line in reconcile(f"pipeline flow run {flow_run.get_id()}"):
         logger.warning("reconciled: %s", line)
+        EVENTS.emit("warning", text=f"reconciled: {line}")
     with concurrency(_workspace_limit(), occupy=1, strict=True):
-        # the lease, so the next run can free the slot if this one is killed (`flows.tracking.reconcile`)
-        claim_flow_run(LEASE_TAG + str(ConcurrencyContext.get().cleanup_lease_ids[-1]))
         if set:
             set_params(set)
         params = load_params()
+        name = pipeline_run_name(str(params.get("experiment", "")))
+        # the lease, so the next run can free the slot if this one is killed (`flows.tracking.reconcile`)
+        claim_flow_run(LEASE_TAG + str(ConcurrencyContext.get().cleanup_lease_ids[-1]), name=name)
         order = stage_order()
         unknown = sorted(s for s in stages or [] if s not in order)
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}; the pipeline has {order}")
         selected = [s for s in order if stages is None or s in stages]
-        configure()
+        EVENTS.emit("plan", stages=selected)
+        experiment_id = configure()
         tags = {
             "demonlab.stage": "pipeline",
             "demonlab.experiment": str(params.get("experiment", "")),
             "prefect.flow_run_id": str(flow_run.get_id() or ""),
             "git.commit": git_commit() or "",
         }
-        with start_run(run_name="pipeline", tags=tags) as parent:
+        with start_run(run_name=name, tags=tags) as parent:
             mlflow.log_params(loggable_params(params))  # refuses a credential before MLflow sees it
             env = {**os.environ, PARENT_RUN_ENV: parent.info.run_id}
             for index, stage in enumerate(selected, 1):
                 logger.info("[%d/%d] %s", index, len(selected), stage)
                 run_stage.with_options(name=f"dvc-stage-{stage}")(stage, env)
                 tag_stage_runs(parent.info.run_id, stage)
-    return {"mlflow_run_id": parent.info.run_id, "stages": selected}
+    return {
+        "mlflow_run_id": parent.info.run_id,
+        "name": name,
+        "flow_run_id": str(flow_run.get_id() or ""),
+        "stages": selected,
+        "experiment_id": experiment_id,
+        "evaluated": evaluated_runs(experiment_id, [s for s in order if s.startswith(EVALUATED)]),
+    }
+
+
+def evaluated_runs(experiment_id: str, stages: list[str]) -> list[str]:
+    """The newest finished run of each of `stages`: the current models, whether this pipeline redid them or not."""
+    client = mlflow.MlflowClient()
+    found = (
+        client.search_runs(
+            [experiment_id],
+            f"tags.`dvc.stage` = '{stage}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        for stage in stages
+    )
+    return [runs[0].info.run_id for runs in found if runs]
 
 
 def main() -> None:
@@ -174,7 +217,10 @@ def main() -> None:
     parser.add_argument("--stages", nargs="*", default=None, help="only these DVC stages (default: all)")
     parser.add_argument("--set", default="{}", help="JSON parameter overrides, e.g. '{\"train.max_steps\": 20}'")
     parser.add_argument("--result", type=Path, default=None, help="write the run's summary (JSON) here")
+    parser.add_argument("--events", type=int, default=None, help="write progress events (JSON lines) to this fd")
     args = parser.parse_args()
+    if args.events is not None:
+        EVENTS.stream = os.fdopen(args.events, "w", encoding="utf-8")
     try:
         result = demon_pipeline(stages=args.stages, set=json.loads(args.set) or None)
     except (StageFailed, UserError) as error:  # Prefect has logged the details; end with the one line that matters

@@ -37,7 +37,7 @@ from prefect.runtime import flow_run
 from prefect.states import Crashed
 
 from components.tracking.reconcile import finding, orphaned, reconcile_runs
-from components.tracking.runs import PARENT_RUN_ENV, stage_run, this_process, workspace_key
+from components.tracking.runs import PARENT_RUN_ENV, run_name, stage_run, this_process, workspace_key
 
 PROCESS_TAG = "demonlab-process:"
 LEASE_TAG = "demonlab-lease:"
@@ -46,7 +46,7 @@ UNFINISHED = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
 
 @contextmanager
 def tracked_stage(stage: str, params: Mapping, experiment: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    claim_flow_run()
+    claim_flow_run(name=run_name(stage))  # named as its MLflow run, so the Prefect UI reads as clearly
     if PARENT_RUN_ENV not in os.environ:  # a pipeline reconciled when it started
         for line in reconcile(f"stage {stage!r} (flow run {flow_run.get_id()})"):
             get_run_logger().warning("reconciled: %s", line)
@@ -55,13 +55,14 @@ def tracked_stage(stage: str, params: Mapping, experiment: str | None = None) ->
         yield run
 
 
-def claim_flow_run(*tags: str) -> None:
-    """Tag the current flow run with this workspace, this process and `tags`, so `reconcile` can tell it was left."""
+def claim_flow_run(*tags: str, name: str | None = None) -> None:
+    """Tag the current flow run with this workspace, this process and `tags`, so `reconcile` can tell it was left;
+    `name` replaces Prefect's generated one (`evaluate vpgc-captions images demon`, not `witty-otter`)."""
     if (run_id := flow_run.get_id()) is None:
         return
     with get_client(sync_client=True) as client:
         tags = (*client.read_flow_run(UUID(run_id)).tags, workspace_key(), PROCESS_TAG + this_process(), *tags)
-        client.update_flow_run(UUID(run_id), tags=sorted(set(tags)))
+        client.update_flow_run(UUID(run_id), tags=sorted(set(tags)), name=name)
 
 
 def reconcile(found_by: str) -> list[str]:

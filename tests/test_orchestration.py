@@ -3,6 +3,7 @@ the DVC stages as tasks inside one MLflow parent run; a user's mistake fails fas
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -66,4 +67,7 @@ def test_a_bad_parameter_or_source_gives_one_clear_error(workspace) -> None:
     last = missing.stderr.strip().splitlines()[-1]  # what the user reads last: the stage's own message
     assert missing.returncode == 2
     assert last.startswith("demonlab: error: stage 'acquire' failed: source '/no/such/demon'")
-    assert output.count("Running stage 'acquire'") == 1  # a user's mistake is not retried
+    log = ws / re.search(r"^log: (\S+)", missing.stdout, re.MULTILINE)[1]  # what DVC and the stage printed
+    assert last.endswith(f"; full log: {log.relative_to(ws)}")
+    assert log.read_text().count("Running stage 'acquire'") == 1  # a user's mistake is not retried
+    assert re.search(r"1/1 acquire +failed", output) and "Running stage" not in output  # its line; detail in the log

@@ -1,9 +1,11 @@
 """The whole pipeline in a fresh workspace, as a user runs it: `demonlab run` (DVC stages as Prefect tasks, MLflow
-parent + child runs), killed mid-stage and re-run, then nothing to do, then a `dvc exp run -S` variant."""
+parent + child runs named for what they are, a console of one line per stage, the detail in the run's log), killed
+mid-stage and re-run, then nothing to do, then a `dvc exp run -S` variant."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import time
@@ -42,10 +44,15 @@ def stage_runs(env: dict) -> list:
     return mlflow.search_runs(experiment_names=["demonlab"], output_format="list")
 
 
-def kill_when(log: Path, text: str, process, timeout: float = 600) -> None:
+def run_log(console: str, ws: Path) -> Path:
+    """The log file `demonlab run` names first: what DVC, Prefect, MLflow and the stages printed."""
+    return ws / re.search(r"^log: (\S+)", console, re.MULTILINE)[1]
+
+
+def kill_when(console: Path, ws: Path, text: str, process, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
-    while text not in log.read_text():
-        assert process.poll() is None, f"the pipeline ended before {text!r}:\n{log.read_text()[-3000:]}"
+    while "log: " not in console.read_text() or text not in run_log(console.read_text(), ws).read_text():
+        assert process.poll() is None, f"the pipeline ended before {text!r}:\n{console.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"no {text!r} after {timeout} s"
         time.sleep(0.5)
 
@@ -64,7 +71,7 @@ def test_pipeline_survives_a_kill_tracks_everything_and_knows_what_is_stale(
     # record its end: the pipeline's and the stage's runs are left RUNNING
     log = tmp_path / "first.log"
     with background([DEMONLAB, "run"], log, env=env, cwd=ws) as first:
-        kill_when(log, "Running stage 'train@", first)
+        kill_when(log, ws, "Running stage 'train@", first)
         while not [r for r in stage_runs(env) if r.data.tags.get("dvc.stage") == "train@synthetic"]:
             assert first.poll() is None, log.read_text()[-3000:]
             time.sleep(0.5)
@@ -80,6 +87,14 @@ def test_pipeline_survives_a_kill_tracks_everything_and_knows_what_is_stale(
     report = ws / "data/report/compare.md"
     assert f"report: {report}" in second.stdout
     assert "vpgc-synthetic (parity x100): overall " in second.stdout and " ± " in second.stdout  # n and interval
+    # a readable console: one line per stage, the summary, the reconciled records; the detail is in the log
+    lines = second.stdout.splitlines()
+    assert len(lines) <= 12 + 20, second.stdout
+    assert sum(bool(re.match(r"\s*\d+/12 \S+ +(ran|unchanged) +[\d.]+s$", line)) for line in lines) == 12
+    for chatter in ("dvc push", "git add", "INFO", "Running stage"):
+        assert chatter not in second.stdout + second.stderr
+    detail = run_log(second.stdout, ws).read_text()
+    assert "Running stage 'report'" in detail and "Finished in state Completed" in detail
     runs = stage_runs(env)
     # ... which the re-run found and ended: nothing is left running in MLflow or Prefect
     assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
@@ -95,7 +110,9 @@ def test_pipeline_survives_a_kill_tracks_everything_and_knows_what_is_stale(
     assert len(crashed) == 2 and all("found by pipeline flow run " in message for message in crashed)
     # a stage may make several runs (score: one per baseline); the killed pipeline's children are the only ones of
     # the stages it finished
-    killed_parent = next(r.info.run_id for r in runs if r.info.run_id in left_running and r.info.run_name == "pipeline")
+    killed_parent = next(
+        r.info.run_id for r in runs if r.info.run_id in left_running and r.data.tags["demonlab.stage"] == "pipeline"
+    )
     redone = {
         r.data.tags["dvc.stage"]
         for r in runs
@@ -130,6 +147,21 @@ def test_pipeline_survives_a_kill_tracks_everything_and_knows_what_is_stale(
     assert train_run.data.tags["dvc.out.data/checkpoints/vpgc-synthetic"].endswith(".dir")
     model = mlflow.MlflowClient().get_model_version_by_alias("demonlab-tiny", "vpgc")
     assert model.run_id == train_run.info.run_id  # the registered model is the synthetic variant's
+
+    # every run named for what it is, in MLflow and Prefect; the summary links the comparison of the evaluated models
+    names = {
+        "train@synthetic": "train vpgc-synthetic",
+        "evaluate@vpgc-synthetic-images-demon": "evaluate vpgc-synthetic images demon",
+        "merge@vpgc-synthetic-images": "merge vpgc-synthetic images",
+        "score@parity": "score parity",
+    }
+    assert {stage: by_stage[stage].info.run_name for stage in names} == names
+    assert all(re.fullmatch(r"pipeline tiny [0-9a-f]{7}", parent.info.run_name) for parent in parents)
+    with temporary_settings({PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as prefect:
+        flow_runs = {flow_run.name for flow_run in prefect.read_flow_runs(flow_run_filter=ours)}
+    assert set(names.values()) | {parents[0].info.run_name} <= flow_runs
+    merged_run = by_stage["merge@vpgc-synthetic-images"].info.run_id
+    assert f'compare-runs?runs=["{merged_run}"]&experiments=["{train_run.info.experiment_id}"]' in second.stdout
 
     # 3. nothing changed: nothing runs
     again = run([*DVC, "repro"], ws, env)

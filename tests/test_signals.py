@@ -75,7 +75,7 @@ def test_a_stopped_or_killed_run_leaves_nothing_running(tmp_path: Path, sig: sig
     log = tmp_path / "run.log"
     with background([DEMONLAB, "run"], log, env=env, cwd=ws) as run:
         port = int(wait_for(log, r"Prefect UI on http://127\.0\.0\.1:(\d+)", run)[1])
-        wait_for(log, r"Running stage 'acquire'", run)
+        wait_for(ws / wait_for(log, r"log: (\S+)", run)[1], r"Running stage 'acquire'", run)  # the run's own log
         # mid-stage: the stage's flow run has begun and its MLflow run is open
         mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
         deadline = time.monotonic() + 120

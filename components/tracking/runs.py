@@ -10,7 +10,10 @@ one line naming the server and what to set (`tracking_errors`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
+import operator
 import os
 import socket
 import subprocess
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import mlflow
 import requests
+import yaml
 from mlflow.utils.credentials import read_mlflow_creds
 
 from components import atomic
@@ -30,6 +34,8 @@ from components.tracking.provenance import dvc_run_tags
 EXPERIMENT = "demonlab"
 PARENT_RUN_ENV = "DEMONLAB_PARENT_RUN_ID"
 MLFLOW_LOGIN = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials)"
+# A training variant's model is `vpgc-<variant>` in evaluate.models and the report (flows/train.py)
+ITEM_NAMES = {"train": "vpgc-{}"}
 # Where a run runs, so a later run can tell one left RUNNING by a killed process (components.tracking.reconcile)
 WORKSPACE_TAG = "demonlab.workspace"
 PROCESS_TAG = "demonlab.process"
@@ -155,7 +161,7 @@ def stage_run(stage: str, params: Mapping, tags: Mapping[str, str] | None = None
             all_tags["git.commit"] = commit
         if parent:
             all_tags["mlflow.parentRunId"] = parent
-        with start_run(run_name=stage, tags=all_tags) as run:
+        with start_run(run_name=run_name(stage), tags=all_tags) as run:
             mlflow.log_params(logged)
             yield run
 
@@ -172,6 +178,40 @@ def start_run(run_name: str, tags: Mapping[str, str]) -> Iterator[mlflow.ActiveR
             if not isinstance(error, Exception):
                 mlflow.end_run("KILLED")
             raise
+
+
+def run_name(stage: str) -> str:
+    """What a stage run is, for MLflow and Prefect: the DVC stage and its item's values (`evaluate vpgc-captions
+    images demon`, `train vpgc-synthetic`, `score parity`); `stage` itself outside DVC."""
+    name, _, item = os.environ.get("DVC_STAGE", stage).partition("@")
+    if not item:
+        return name
+    values = _matrix_item(name, item) or [ITEM_NAMES.get(name, "{}").format(item)]
+    return " ".join([name, *values])
+
+
+def _matrix_item(name: str, item: str) -> list[str] | None:
+    """The values of a DVC matrix stage's item, which DVC names by joining them with `-` (`vpgc-captions-images-
+    demon`), found among the dimensions of dvc.yaml resolved against params.yaml; None for a `foreach` item."""
+    try:
+        stages = yaml.safe_load((workspace() / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+        matrix = stages.get(name, {}).get("matrix")
+        if not matrix:
+            return None
+        params = yaml.safe_load((workspace() / "params.yaml").read_text(encoding="utf-8"))
+        dimensions = []
+        for values in matrix.values():
+            if isinstance(values, str) and values.startswith("${") and values.endswith("}"):  # `${evaluate.models}`
+                values = functools.reduce(operator.getitem, values[2:-1].split("."), params)
+            dimensions.append([str(v) for v in values])  # a mapping's keys, or a list's items
+    except (OSError, KeyError, TypeError):  # a name is not worth failing a stage for: DVC's item will do
+        return None
+    return next((list(c) for c in itertools.product(*dimensions) if "-".join(c) == item), None)
+
+
+def pipeline_run_name(experiment: str) -> str:
+    """`pipeline <experiment> <git short sha>`: which configuration of which code a pipeline run reproduced."""
+    return " ".join(filter(None, ["pipeline", experiment, (git_commit() or "")[:7]]))
 
 
 def write_metrics(path: Path, metrics: Mapping, step: int | None = None) -> None:
