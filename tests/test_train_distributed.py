@@ -18,9 +18,6 @@ from components.training.recipe import train
 from components.vpgc.checkpoints import WEIGHTS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
-# torchrun gives each rank one intra-op thread (OMP_NUM_THREADS=1); the in-process reference must match, or float
-# sums split across threads differ in the last bits (tests/conftest.py)
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +47,14 @@ def test_two_processes_train_the_same_weights_as_one(synth, tmp_path, strategy):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("mlflow run:") == 1  # only rank 0 reports and logs
 
-    one = train(experiment, "vpgc", synth, tmp_path / "one")
+    # torchrun gives each rank one intra-op thread (OMP_NUM_THREADS=1); the reference must too, or float sums split
+    # across threads differ in the last bits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = train(experiment, "vpgc", synth, tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
     two = load_file(tmp_path / "two" / "final" / WEIGHTS_FILE)
     reference = load_file(one.final / WEIGHTS_FILE)
     assert sorted(two) == sorted(reference)
