@@ -24,7 +24,7 @@ from evaluate_helpers import ScriptedAdapter, mini_normalized
 from PIL import Image
 from vpgc_tiny import tiny_dict, tiny_model, write_images
 
-from components.demo.chat import Decoding, Limits, answer, check_images, user_turn
+from components.demo.chat import Limits, answer, check_images, user_turn, with_model_stops
 from components.demo.maps import image_maps, overlays
 from components.demo.results import inside, mlflow_markdown, open_bundle, table
 from components.demon.normalize import load_samples
@@ -35,6 +35,7 @@ from components.evaluation.evaluate import evaluate
 from components.evaluation.settings import EvalSettings
 from components.servers import free_port, server
 from components.vpgc.checkpoints import save_checkpoint
+from components.vpgc.generation import GenerationSettings
 from components.vpgc.prompts import Turn
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -232,7 +233,7 @@ def expected_replies(checkpoint: Path, conversation: list[Turn], max_new_tokens:
     """What the server's model answers, computed here the same way (seed 0, then the checkpoint)."""
     torch.manual_seed(0)
     model = load_adapter(str(checkpoint)).model
-    settings = Decoding(max_new_tokens=max_new_tokens).settings(model)
+    settings = with_model_stops(GenerationSettings(max_new_tokens=max_new_tokens), model)
     return {vpgc: answer(model, conversation, settings, vpgc).text for vpgc in (True, False)}
 
 

@@ -17,11 +17,21 @@ import pandas as pd
 from PIL import Image
 
 from components.demo import results as res
-from components.demo.chat import Decoding, Engine, Limits, Reply, add_turn, check_images, new_conversations, user_turn
+from components.demo.chat import (
+    Engine,
+    Limits,
+    Reply,
+    add_turn,
+    check_images,
+    describe_decoding,
+    new_conversations,
+    user_turn,
+)
 from components.demo.maps import ImageMaps, overlays
 from components.errors import UserError
 from components.evaluation.adapters import first_line
 from components.evaluation.scorers import SCORERS
+from components.vpgc.generation import GenerationSettings
 from components.vpgc.prompts import Conversation
 
 logger = logging.getLogger(__name__)
@@ -76,7 +86,7 @@ def history(state: ChatState, vpgc: bool) -> list[dict[str, str]]:
     ]
 
 
-def timing_markdown(spec: str, decoding: Decoding, replies: dict[bool, Reply]) -> str:
+def timing_markdown(spec: str, decoding: GenerationSettings, replies: dict[bool, Reply]) -> str:
     on, off = replies[True], replies[False]
     rows = [
         ("prompt tokens (visual included)", "prompt_tokens", "{}"),
@@ -85,7 +95,7 @@ def timing_markdown(spec: str, decoding: Decoding, replies: dict[bool, Reply]) -
         ("decode", "decode_s", "{:.2f} s"),
         ("total (images read and encoded too)", "total_s", "{:.2f} s"),
     ]
-    lines = [f"`{spec}`, {decoding.describe()}", "", "| | VPG-C on | VPG-C off |", "|---|---:|---:|"]
+    lines = [f"`{spec}`, {describe_decoding(decoding)}", "", "| | VPG-C on | VPG-C off |", "|---|---:|---:|"]
     lines += [
         f"| {name} | {fmt.format(getattr(on, key))} | {fmt.format(getattr(off, key))} |" for name, key, fmt in rows
     ]
@@ -191,7 +201,7 @@ def build_chat(engine: Engine, options: Options) -> None:
             if images != chat.images:  # uploads changed without a change event reaching us: start over
                 chat = ChatState(images=images)
             parts = user_turn(text, images, first_turn=not chat.asked)
-            decoding = Decoding(int(tokens), bool(do_sample), float(temp), float(p), int(seed_value or 0))
+            decoding = GenerationSettings(int(tokens), bool(do_sample), float(temp), float(p), int(seed_value or 0))
             conversations = add_turn(chat.conversations, parts)
             replies, maps = engine.ask(spec, conversations, decoding)
             overlaid = attention_gallery(maps)

@@ -12,6 +12,7 @@ VPG before alignment) are drawn from seed 0, so reloading a spec gives the same 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -43,29 +44,18 @@ class Limits:
     max_pixels: int = 40_000_000  # below Pillow's decompression-bomb guard (~89 M), which would only warn
 
 
-@dataclass(frozen=True)
-class Decoding:
-    """The page's decoding controls; `GenerationSettings` adds the model's own stop strings."""
+def with_model_stops(decoding: GenerationSettings, model: VPGCModel) -> GenerationSettings:
+    """The page's decoding controls plus the model's own stop strings."""
+    return dataclasses.replace(decoding, stop=tuple(model.config.prompt.stop))
 
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 0.9
-    seed: int = 0
 
-    def settings(self, model: VPGCModel) -> GenerationSettings:
-        return GenerationSettings(
-            max_new_tokens=self.max_new_tokens,
-            do_sample=self.do_sample,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            seed=self.seed,
-            stop=tuple(model.config.prompt.stop),
-        )
-
-    def describe(self) -> str:
-        how = f"top-p {self.top_p}, temperature {self.temperature}, seed {self.seed}" if self.do_sample else "greedy"
-        return f"{how}, at most {self.max_new_tokens} new tokens"
+def describe_decoding(decoding: GenerationSettings) -> str:
+    how = (
+        f"top-p {decoding.top_p}, temperature {decoding.temperature}, seed {decoding.seed}"
+        if decoding.do_sample
+        else "greedy"
+    )
+    return f"{how}, at most {decoding.max_new_tokens} new tokens"
 
 
 @dataclass(frozen=True)
@@ -204,12 +194,12 @@ class Engine:
         return model
 
     def ask(
-        self, spec: str, conversations: Mapping[bool, Conversation], decoding: Decoding
+        self, spec: str, conversations: Mapping[bool, Conversation], decoding: GenerationSettings
     ) -> tuple[dict[bool, Reply], list[ImageMaps]]:
         """Both replies (each conversation ends with the same new user turn) and the maps of the VPG-C side."""
         with self._lock:
             model = self._load(spec)
-            settings = decoding.settings(model)
+            settings = with_model_stops(decoding, model)
             replies = {vpgc: answer(model, conversations[vpgc], settings, vpgc) for vpgc in (True, False)}
             return replies, image_maps(model, conversations[True])
 
