@@ -13,7 +13,10 @@ A command ends early in one of two ways:
   what it left (`components.tracking.reconcile`).
 
 A child's own children are not the kernel's concern: a stage process started by DVC arms itself
-(`die_with_parent`), so the chain demonlab -> pipeline flow -> dvc -> stage unwinds link by link.
+(`die_with_parent`), so the chain demonlab -> pipeline flow -> dvc -> stage unwinds link by link. One link is not
+ours: DVC starts a stage through `$SHELL -c`, and a shell that does not `exec` its command (dash, CI's `/bin/sh`)
+neither arms itself nor ends while its command runs. So the pipeline names itself the stage's owner (`OWNER_ENV`),
+and the stage also watches the owner.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import psutil
 
 GRACE = 10.0  # seconds a stopped tree gets to record itself as stopped; `docker stop` allows 10 in all
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+OWNER_ENV = "DEMONLAB_OWNER_PID"  # a process whose end ends a stage, however many links lie between them
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
@@ -79,20 +83,31 @@ def stoppable(handler: Callable[..., int]) -> Callable[..., int]:
 
 def die_with_parent(parent: int | None = None) -> None:
     """End this process (SIGKILL) when `parent`, by default its parent now, ends: on Linux through the kernel,
-    elsewhere by a watchdog thread."""
+    elsewhere by a watchdog thread. And when the process named by `OWNER_ENV` ends, if one is."""
     parent = os.getppid() if parent is None else parent
     if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     else:
-        threading.Thread(target=_watch, args=(parent,), daemon=True, name="die-with-parent").start()
+        _watch(lambda: os.getppid() == parent)
     if os.getppid() != parent:  # the parent died before the signal was armed
         os.kill(os.getpid(), signal.SIGKILL)
+    if (owner := int(os.environ.get(OWNER_ENV, parent))) != parent:
+        with suppress(psutil.NoSuchProcess):
+            owner_process = psutil.Process(owner)
+            _watch(owner_process.is_running)  # False once it ended, or its pid was reused
+            return
+        os.kill(os.getpid(), signal.SIGKILL)  # already gone
 
 
-def _watch(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(1)
-    os.kill(os.getpid(), signal.SIGKILL)
+def _watch(alive: Callable[[], bool]) -> None:
+    """SIGKILL this process, from a daemon thread, once `alive()` turns False (checked twice a second)."""
+
+    def watch() -> None:
+        while alive():
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-owner").start()
 
 
 def dies_with_us() -> Callable[[], None]:

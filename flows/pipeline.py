@@ -33,7 +33,7 @@ from prefect.runtime import deployment, flow_run, task_run
 from components.atomic import write_json
 from components.console import Events, StageOutput
 from components.errors import UserError
-from components.lifetime import GRACE, die_with_parent, dies_with_us
+from components.lifetime import GRACE, OWNER_ENV, die_with_parent, dies_with_us
 from components.tracking.provenance import stage_data_tags
 from components.tracking.runs import (
     PARENT_RUN_ENV,
@@ -81,7 +81,7 @@ def _tee(command: list[str], env: dict[str, str], output: StageOutput) -> tuple[
     tail: deque[bytes] = deque(maxlen=64)
     # in this process's group, so a Ctrl-C reaches the stage too (DVC waits for it); ends if this process is killed
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0, preexec_fn=dies_with_us()
+        command, env={**env, OWNER_ENV: str(os.getpid())}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0, preexec_fn=dies_with_us()
     )
     assert process.stdout is not None
     try:
