@@ -81,7 +81,12 @@ def _tee(command: list[str], env: dict[str, str], output: StageOutput) -> tuple[
     tail: deque[bytes] = deque(maxlen=64)
     # in this process's group, so a Ctrl-C reaches the stage too (DVC waits for it); ends if this process is killed
     process = subprocess.Popen(
-        command, env={**env, OWNER_ENV: str(os.getpid())}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0, preexec_fn=dies_with_us()
+        command,
+        env={**env, OWNER_ENV: str(os.getpid())},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        bufsize=0,
+        preexec_fn=dies_with_us(),
     )
     assert process.stdout is not None
     try:
