@@ -95,9 +95,9 @@ def main() -> int:
     )
 
     runner_out = evaluate(adapter, data, work / "runner", settings.replace(cache=False), progress=False)
-    generated = runner_out["counts"]["generated"]
+    generated = runner_out["run"]["generated"]
     assert generated == len(rows)
-    runner_s = runner_out["timing"]["wall_s"]
+    runner_s = runner_out["run"]["timing"]["wall_s"]
     tokenizer = model.tokenizer
     answers = [json.loads(line) for line in (work / "runner" / "samples.jsonl").read_text().splitlines()]
     runner_tokens = sum(len(tokenizer(a["output"] or "", add_special_tokens=False).input_ids) for a in answers)
@@ -113,8 +113,8 @@ def main() -> int:
     start = time.perf_counter()
     hit = evaluate(adapter, data, work / "hit", settings, cache_path=cache, progress=False)
     hit_s = time.perf_counter() - start
-    assert hit["counts"]["cached"] == hit["counts"]["samples"]
-    lookup_s = hit["timing"]["wall_s"]
+    assert hit["run"]["cached"] == hit["counts"]["samples"]
+    lookup_s = hit["run"]["timing"]["wall_s"]
     per_sample_ms = 1000 * hit_s / hit["counts"]["samples"]
     print(
         f"repeat from the cache: {per_sample_ms:.1f} ms per sample end to end (lookups, bundle, both scorers); "

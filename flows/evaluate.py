@@ -62,8 +62,16 @@ def bundle_metrics(results: dict) -> dict[str, Any]:
         elif r["level"] == "category" and bounds:
             metrics[r["scorer"]]["categories_ci"][r["name"]] = bounds
     counts = results["counts"]
-    metrics.update(samples=counts["samples"], errors=counts["errors"], empty=counts["empty"], cached=counts["cached"])
+    metrics.update(samples=counts["samples"], errors=counts["errors"], empty=counts["empty"])
     return metrics
+
+
+def run_metrics(run: dict) -> dict[str, float]:
+    """How an evaluation went (`results["run"]`), for MLflow only: answers generated and cached, `timing.<key>`.
+    Not DVC metrics: they differ between two runs of the same evaluation, whose outputs must not."""
+    numbers = {key: run[key] for key in ("generated", "cached") if key in run}
+    timing = run.get("timing", {})
+    return numbers | {f"timing.{key}": value for key, value in timing.items() if isinstance(value, int | float)}
 
 
 def _log_bundle(out: Path, results: dict, metrics: str | None) -> None:
@@ -71,6 +79,9 @@ def _log_bundle(out: Path, results: dict, metrics: str | None) -> None:
         if (out / name).is_file():
             mlflow.log_artifact(str(out / name))
     mlflow.set_tag("demonlab.model_fingerprint", results["model"]["fingerprint"])
+    mlflow.log_dict(results["run"], "run.json")  # when, commit, command, timing per rank: kept out of the bundle
+    if numbers := run_metrics(results["run"]):
+        mlflow.log_metrics(numbers)
     if metrics:
         write_metrics(Path(metrics), bundle_metrics(results))
 

@@ -23,6 +23,7 @@ def normalize_demon(raw: str, out: str, split: str = "core", strict: bool = Fals
         report = normalize(Path(raw), Path(out), split=split)
         mlflow.log_artifact(str(Path(out) / "report.json"), run_id=run.info.run_id)
         write_metrics(METRICS, {"totals": report["totals"]})
+        mlflow.log_metric("tasks_resumed", report["tasks_resumed"])  # how the run went: not a DVC metric
     failed = report["totals"]["quarantined"] or report["totals"]["tasks_failed"]
     if strict and failed:
         raise RuntimeError(f"strict normalization: {failed} problem(s); see {out}/quarantine.jsonl and report.json")

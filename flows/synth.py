@@ -7,7 +7,8 @@ params.yaml keys read: `experiment` (experiments/<name>.yaml: its `model:` and `
 `synth.out`, `synth.seed`, `synth.workers`, `synth.limit` (null = the experiment's `synth.count`), and
 `synth.vpg_checkpoint` (a trained checkpoint folder whose VPG gives the attention maps; null = the experiment's
 model). Metrics (per edit type tried/kept/rejected, inputs used/skipped): `metrics/synth.json` or
-`metrics/captions.json`; report.json and the contact sheet are MLflow artifacts of the stage run.
+`metrics/captions.json`; report.json and the contact sheet are MLflow artifacts of the stage run; its seconds per
+step (`seconds.<step>`, `seconds.wall`) and `chunks_resumed` are metrics of that run only (not DVC's).
 """
 
 from __future__ import annotations
@@ -68,9 +69,11 @@ def synthesize_pairs(
                     "edits": {t: {k: v[k] for k in ("tried", "kept", "rejected")} for t, v in report["edits"].items()},
                     "inputs": {k: report["inputs"][k] for k in ("total", "used", "skipped")},
                     "totals": report["totals"],
-                    "seconds": report["seconds"]["wall"],
                 },
             )
+        # how the run went: MLflow only, as DVC metrics are outputs and must be the same for the same inputs
+        run_only = {f"seconds.{step}": value for step, value in report["seconds"].items()}
+        mlflow.log_metrics({**run_only, "chunks_resumed": report["chunks_resumed"]})
     return report
 
 

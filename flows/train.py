@@ -49,11 +49,11 @@ def train_stage(
             Path(experiment), stage, Path(data), Path(out), init=Path(init) if init else None,
             max_steps=max_steps, resume=resume, register_as=register_as, overrides=overrides,
         )  # fmt: skip
-        if metrics:
+        if metrics:  # throughput is the MLflow run's (`train_samples_per_s`): DVC metrics are outputs, reproducible
             write_metrics(
                 Path(metrics),
                 {"heldout_loss_before": result.heldout_loss_before, "heldout_loss_after": result.heldout_loss_after,
-                 "steps": result.steps, "samples_per_s": result.samples_per_s},
+                 "steps": result.steps},
             )  # fmt: skip
     return result.to_dict()
 

@@ -165,6 +165,19 @@ def test_local_drive_folder_layout(drive_tree: Path, tmp_path: Path) -> None:
     assert_installed(dest, CORE_TASKS)
 
 
+def test_the_same_fetch_writes_the_same_manifest(
+    drive_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The acquire stage's output hashes must not depend on when or in which workspace it ran."""
+    written = []
+    for workspace in ("one", "two"):
+        (tmp_path / workspace).mkdir()
+        monkeypatch.chdir(tmp_path / workspace)
+        fetch(str(drive_tree), Path("data/raw"), progress=False)
+        written.append((tmp_path / workspace / "data/raw" / "manifest.json").read_bytes())
+    assert written[0] == written[1] and b"into data/raw" in written[0]
+
+
 def test_task_selection_aliases_and_unknown_names(drive_tree: Path, tmp_path: Path) -> None:
     manifest = fetch(str(drive_tree), tmp_path / "a", tasks=["mmqa", "Flintstones", "DIDEMOSV"], progress=False)
     assert_installed(tmp_path / "a", {"MultiModalQA", "DiDeMoSV"})

@@ -51,5 +51,5 @@ def test_a_blind_evaluation_is_not_served_from_the_seeing_models_cache(data, tmp
     kwargs = {"tasks": ["Spot-the-Diff", "NLVR2"], "cache_path": cache, "progress": False}
     seeing = evaluate(str(experiment), data, tmp_path / "seeing", settings, **kwargs)
     blind = evaluate(str(experiment), data, tmp_path / "blind", settings, blind=True, **kwargs)
-    assert seeing["counts"]["generated"] == 2 and blind["counts"]["cached"] == 0 and blind["counts"]["generated"] == 2
+    assert seeing["run"]["generated"] == 2 and blind["run"]["cached"] == 0 and blind["run"]["generated"] == 2
     assert blind["model"]["blind"] is True and seeing["model"]["blind"] is False

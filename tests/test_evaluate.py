@@ -139,7 +139,7 @@ def test_batches_sorted_by_length_answer_like_one_by_one(data, adapter, tmp_path
     batched = evaluate(adapter, data, tmp_path / "batched", FAST.replace(cache=False), tasks=tasks, progress=False)
     single = FAST.replace(cache=False, batch_size=1, sort_by_length=False)
     evaluate(adapter, data, tmp_path / "single", single, tasks=tasks, progress=False)
-    assert batched["timing"]["batches"] == 2
+    assert batched["run"]["timing"]["batches"] == 2
     assert outputs(tmp_path / "batched") == outputs(tmp_path / "single")
 
 
@@ -150,12 +150,15 @@ def test_repeat_is_free_and_settings_are_part_of_the_key(data, adapter, tmp_path
     cache = tmp_path / "responses.sqlite"
     first = evaluate(adapter, data, tmp_path / "one", FAST, cache_path=cache, progress=False)
     again = evaluate(adapter, data, tmp_path / "two", FAST, cache_path=cache, progress=False)
-    assert first["counts"]["generated"] == 29 and again["counts"]["cached"] == 29 and again["counts"]["generated"] == 0
+    assert first["run"]["generated"] == 29 and again["run"]["cached"] == 29 and again["run"]["generated"] == 0
     assert outputs(tmp_path / "one") == outputs(tmp_path / "two")
+    # a bundle is what was answered, not where the answers came from: the cached run writes the same bytes
+    for name in ("results.json", "samples.jsonl", "report.md", "TQA/pred.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     assert first["scores"] == again["scores"]
     longer = evaluate(adapter, data, tmp_path / "three", FAST.replace(max_new_tokens=5), cache_path=cache,
                       tasks=["TQA"], progress=False)  # fmt: skip
-    assert longer["counts"]["cached"] == 0
+    assert longer["run"]["cached"] == 0
     assert ResponseCache(cache).count(adapter.fingerprint) == 30
 
 
@@ -173,7 +176,7 @@ def test_an_interrupted_evaluation_resumes_without_recomputing(data, adapter, tm
     assert not (tmp_path / "b" / "results.json").exists()
     assert ResponseCache(cache).count() == 8
     resumed = evaluate(adapter, data, tmp_path / "b", FAST, cache_path=cache, progress=False)
-    assert resumed["counts"]["cached"] == 8 and resumed["counts"]["generated"] == 21
+    assert resumed["run"]["cached"] == 8 and resumed["run"]["generated"] == 21
     evaluate(adapter, data, tmp_path / "fresh", FAST.replace(cache=False), progress=False)
     assert outputs(tmp_path / "b") == outputs(tmp_path / "fresh")
     assert len(read_bundle(tmp_path / "b")[1]) == 29
@@ -209,7 +212,7 @@ def test_out_of_memory_splits_the_batch_and_records_what_fails_alone(data, tmp_p
     rows = {r["uid"]: r for r in read_bundle(tmp_path / "b")[1]}
     assert "out of memory even alone" in rows[victim]["error"]
     assert all(r["output"] == f"answer of {uid}" for uid, r in rows.items() if uid != victim)
-    assert max(len(b) for b in model.batches) == 8 and results["timing"]["oom_splits"] > 0
+    assert max(len(b) for b in model.batches) == 8 and results["run"]["timing"]["oom_splits"] > 0
     fitted = [u for b in model.batches if len(b) <= 2 and victim not in b for u in b]
     assert sorted(fitted) == sorted(u for u in rows if u != victim)  # each answered once, in a batch that fit
 

@@ -42,8 +42,7 @@ def test_torchrun_two_ranks_match_a_single_process(tmp_path):
         torch.set_num_threads(before)
 
     dist = json.loads((tmp_path / "dist" / "results.json").read_text())
-    ranks = dist["timing"]["per_rank"]
-    assert dist["provenance"]["world_size"] == 2 and [r["samples"] for r in ranks] == [4, 3]
+    assert dist["provenance"]["world_size"] == 2 and "samples per rank: 4, 3)" in done.stdout
     assert dist["model"]["fingerprint"] == single["model"]["fingerprint"]  # every rank built the same model
     assert dist["scores"] == single["scores"]
     assert read_bundle(tmp_path / "dist")[1] == read_bundle(tmp_path / "single")[1]

@@ -63,6 +63,9 @@ def test_evaluate_stage_reads_params_tracks_and_merges(tmp_path, prefect_api, mo
     assert logged.metrics["strict.tasks.ALFRED"] == pytest.approx(metrics["strict"]["tasks"]["ALFRED"])
     assert logged.tags["prefect.flow_run_id"] and logged.tags["demonlab.model_fingerprint"]
     assert logged.params["group"] == "multimodal-dialogue"
+    # how the run went is the MLflow run's only: the bundle and the DVC metrics are the same for the same inputs
+    assert logged.metrics["generated"] == 2 and logged.metrics["timing.wall_s"] > 0 and "cached" not in metrics
+    assert "timing" not in results and "created" not in results
 
     # merge and compare in this process (the same __main__, without another interpreter start-up)
     for key in ("MLFLOW_TRACKING_URI", "DEMONLAB_CACHE"):

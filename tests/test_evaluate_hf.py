@@ -114,7 +114,7 @@ def test_llava_answers_demon_in_mixed_batches_like_one_by_one(llava, data, tmp_p
     results = evaluate(f"hf:{llava}", data, tmp_path / "batched", settings, tasks=TASKS, progress=False)
     evaluate(f"hf:{llava}", data, tmp_path / "single", settings.replace(batch_size=1), tasks=TASKS, progress=False)
     rows = read_bundle(tmp_path / "batched")[1]
-    assert results["counts"]["answered"] == len(TASKS) and results["timing"]["batches"] == 1
+    assert results["counts"]["answered"] == len(TASKS) and results["run"]["timing"]["batches"] == 1
     assert len({r["n_images"] for r in rows}) >= 3  # one batch with different image counts
     assert all(isinstance(r["output"], str) for r in rows)
     single = {r["uid"]: r["output"] for r in read_bundle(tmp_path / "single")[1]}

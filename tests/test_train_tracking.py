@@ -3,6 +3,7 @@ download; the Prefect flow's `__main__` reading params.yaml."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,7 +51,13 @@ def test_cli_tracks_the_run_and_registers_a_loadable_model(synth, tmp_path, monk
     assert run.data.params["train.lr"] == "0.001" and run.data.params["stage"] == "vpgc"
     assert run.data.tags["demonlab.stage"] == "train-vpgc"
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4]
-    assert {"lr", "grad_norm", "samples_per_s", "heldout_loss"} <= set(run.data.metrics)
+    assert {"lr", "grad_norm", "samples_per_s", "heldout_loss", "train_seconds", "train_samples_per_s"} <= set(
+        run.data.metrics
+    )
+    assert run.data.params["train.resumed_from"] == "None"
+    # summary.json holds what the run made; how it went (seconds, run id, model URI) is MLflow's and the printout's
+    summary = json.loads((tmp_path / "vpgc" / "summary.json").read_text())
+    assert set(summary) == {"stage", "final", "steps", "heldout_loss_before", "heldout_loss_after"}
     assert [m.step for m in client.get_metric_history(run_id, "heldout_loss")] == [0, 4]
     assert any(name.startswith("system/") for name in run.data.metrics), sorted(run.data.metrics)
     assert "loss_curve.png" in [f.path for f in client.list_artifacts(run_id)]

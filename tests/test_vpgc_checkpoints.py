@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from vpgc_tiny import tiny_model, write_images
 
@@ -17,6 +18,7 @@ from components.vpgc.checkpoints import (
     load_lavis_weights,
     map_lavis_key,
     save_checkpoint,
+    save_stable,
 )
 from components.vpgc.prompts import Turn
 
@@ -40,6 +42,18 @@ def test_save_and_load_give_identical_logits(tmp_path):
     assert not torch.equal(logits_of(fresh, paths), logits_of(trained, paths))
     assert load_checkpoint(fresh, folder) == ["vpgc"]
     torch.testing.assert_close(logits_of(fresh, paths), logits_of(trained, paths), rtol=0, atol=0)
+
+
+def test_the_same_weights_make_the_same_file(tmp_path):
+    """safetensors orders its metadata map by a per-map hash seed; a checkpoint's bytes must not (DVC hashes it)."""
+    trained = tiny_model(seed=0, trained_vpgc=True)
+    files = {save_checkpoint(trained, tmp_path / str(k)).joinpath(WEIGHTS_FILE).read_bytes() for k in range(6)}
+    assert len(files) == 1
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.int64)}
+    metadata = {f"key{k}": str(k) for k in range(8)}
+    save_stable(tensors, tmp_path / "w.safetensors", metadata)
+    with safe_open(tmp_path / "w.safetensors", "pt") as handle:  # a valid file: metadata and tensors read back
+        assert handle.metadata() == metadata and torch.equal(handle.get_tensor("b"), tensors["b"])
 
 
 def test_checkpoint_errors_name_the_problem(tmp_path):

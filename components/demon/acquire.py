@@ -26,7 +26,9 @@ Everything is staged under `<dest>/.demonlab/` and each task split is renamed in
 so a failed fetch leaves no half-written task folder; partial downloads stay there so the next run resumes.
 `<dest>/manifest.json` records every fetch (source, sha256 of each downloaded archive) and every installed
 task split (file count, sha256 of its json); a second fetch of the same source verifies those against the
-disk and downloads nothing. `DEMONLAB_NET_TIMEOUT` (seconds, default 30) bounds every network wait.
+disk and downloads nothing. It records no time and names the destination as given, so the same fetch writes the
+same manifest (it is part of the acquire stage's DVC output; when the stage ran is its MLflow run's start and end).
+`DEMONLAB_NET_TIMEOUT` (seconds, default 30) bounds every network wait.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -77,10 +78,6 @@ _SKIP_DIRS = {"__MACOSX", "__pycache__"}
 
 def _count_files(folder: Path) -> int:
     return sum(len(files) for _root, _dirs, files in os.walk(folder))
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _say(message: str, progress: bool) -> None:
@@ -304,7 +301,7 @@ def _stage_split(found: _Found, target: Path, where: str) -> list[dict[str, str 
     for rel, link in rewritten.items():
         os.unlink(target / rel)
         os.symlink(link, target / rel)
-    return skipped
+    return sorted(skipped, key=lambda record: record["path"])  # by name, not the file system's listing order
 
 
 def _not_installed(where: str, rel: str, link: str | None, reason: str) -> dict[str, str | None]:
@@ -442,7 +439,7 @@ def fetch(
         raise UserError(f"split must be 'core' or 'full', not {split!r}")
     parsed = parse_source(source)
     wanted, explicit = _select_tasks(tasks, split)
-    dest = Path(dest).expanduser().resolve()
+    shown, dest = Path(dest), Path(dest).expanduser().resolve()  # messages name dest as given (kept in the manifest)
     if parsed.kind == "local-dir" and (
         dest == Path(parsed.location) or Path(parsed.location).is_relative_to(dest / STATE_DIR)
     ):
@@ -451,12 +448,13 @@ def fetch(
         raise UserError(f"destination {dest} is a file; choose a folder for --dest")
     dest.mkdir(parents=True, exist_ok=True)
     with _exclusive(dest):
-        return _fetch_locked(parsed, dest, split, wanted, explicit, progress, force)
+        return _fetch_locked(parsed, dest, shown, split, wanted, explicit, progress, force)
 
 
 def _fetch_locked(
     parsed: Source,
     dest: Path,
+    shown: Path,
     split: Split,
     wanted: dict[str, Task],
     explicit: list[str] | None,
@@ -468,7 +466,7 @@ def _fetch_locked(
     if not force and (record := _already_fetched(manifest, dest, parsed, split, explicit, progress)):
         folders = [f for f in record["installed"] if explicit is None or f in explicit]
         message = (
-            f"DEMON {split}: {len(folders)} task(s) from {parsed.key} already in {dest} and unchanged "
+            f"DEMON {split}: {len(folders)} task(s) from {parsed.key} already in {shown} and unchanged "
             f"(file counts and {split}.json sha256 verified); nothing downloaded"
         )
         _say(message, progress)
@@ -516,10 +514,9 @@ def _fetch_locked(
     for path in finished:  # downloads are only kept until their content is installed
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
-    now = _now()
     for folder, (_target, entry) in collected.items():
         task_entry = manifest["tasks"].setdefault(folder, {"category": wanted[folder].category, "splits": {}})
-        task_entry["splits"][split] = {"source": parsed.key, "fetched_at": now, **entry}
+        task_entry["splits"][split] = {"source": parsed.key, **entry}
     missing = {
         folder: (
             f"the source has only the other split ({scan.other_split_only[folder]})"
@@ -534,7 +531,6 @@ def _fetch_locked(
         "kind": parsed.kind,
         "split": split,
         "tasks": explicit,
-        "fetched_at": now,
         "downloads": downloads,
         "installed": sorted(collected),
         "missing": missing,
@@ -545,7 +541,7 @@ def _fetch_locked(
         r for r in manifest["fetches"] if (r["source"], r["split"], r["tasks"]) != (parsed.key, split, explicit)
     ] + [record]
     message = (
-        f"DEMON {split}: installed {len(collected)} task(s) from {parsed.key} into {dest}"
+        f"DEMON {split}: installed {len(collected)} task(s) from {parsed.key} into {shown}"
         + (f"; {len(damaged)} with a task file normalize will reject: {', '.join(damaged)}" if damaged else "")
         + (f"; {len(missing)} wanted task(s) not in the source" if missing else "")
         + (f"; ignored {len(scan.ignored)} folder(s)/archive(s), see manifest.json" if scan.ignored else "")

@@ -83,6 +83,8 @@ def print_report(report: dict, out: Path) -> None:
         print(f"ignored (not DEMON tasks): {', '.join(report['ignored_folders'])}")
     if report["missing_tasks"]:
         print(f"missing tasks: {', '.join(report['missing_tasks'])}")
+    if report["tasks_resumed"]:
+        print(f"resumed: {report['tasks_resumed']} task(s) taken from an interrupted run's journal")
     print(f"wrote {out / 'samples.parquet'}, {out / 'quarantine.jsonl'}, {out / 'report.json'}")
 
 

@@ -12,7 +12,8 @@ have left its task) give the reason for the samples that use them, so fetched an
 Every image is decoded once (that is the floor cost of knowing it is intact), in a thread pool since Pillow
 releases the GIL while decoding. Each finished task is journaled as a shard under `<out>/.shards/`, keyed by the
 task file's hash and its images' sizes and mtimes, so a killed run resumes where it stopped; the journal is removed
-once the final outputs are written (staleness across runs is DVC's job).
+once the final outputs are written (staleness across runs is DVC's job). A resumed run writes what an uninterrupted
+one writes: how many tasks it took from the journal (`tasks_resumed`) is in the returned report, not in report.json.
 """
 
 from __future__ import annotations
@@ -437,7 +438,7 @@ def normalize(
     workers: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Normalize a raw DEMON tree; returns the report (also written to `out/report.json`)."""
+    """Normalize a raw DEMON tree; returns the report (`out/report.json` plus `tasks_resumed`)."""
     raw, out = Path(os.path.realpath(raw)), Path(os.path.realpath(out))  # Path.resolve raises on a link loop
     if not raw.is_dir():
         raise UserError(f"raw DEMON folder {raw} does not exist; fetch it with `demonlab data fetch` first")
@@ -493,11 +494,10 @@ def normalize(
         "ignored_folders": ignored,
         # a subset run was asked for; otherwise every task of the split should have been there
         "missing_tasks": [] if tasks else [t.folder for t in registry.tasks(split) if t.folder not in per_task],
-        "tasks_resumed": reused,
     }
     atomic.write_json(out / "report.json", report)
     shutil.rmtree(shard_dir)
-    return report
+    return {**report, "tasks_resumed": reused}
 
 
 def load_samples(normalized: Path) -> tuple[pd.DataFrame, Path]:

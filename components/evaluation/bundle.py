@@ -3,9 +3,14 @@
     <out>/<Task>/pred.json   the release's layout: [{"sample_id", "pred_response", "gt_response"}], by sample_id
     <out>/samples.jsonl      one row per sample: prompt hash, raw output, error, extracted answer, both scores
     <out>/results.json       task and category scores for both scorers beside the paper's, each score's n and 95%
-                             bootstrap interval (`intervals`), counts, timing, model fingerprint, generation
-                             settings, data hash and source (mini-DEMON or DEMON-Core), seeds, versions, git commit
+                             bootstrap interval (`intervals`), counts, model fingerprint, generation settings, data
+                             hash and source (mini-DEMON or DEMON-Core), seeds, versions
     <out>/report.md          the same as tables; <out>/categories.png: category scores beside the paper's
+
+A bundle holds what was evaluated and what came out, never how the run went: the same answers to the same samples
+write the same bytes (DVC's output hashes, a re-run compared with the first). When, at which commit, from which
+command, how long and how much came from the response cache is `run_record`, returned beside the results for the
+caller to log (the stage's MLflow run) or print (the command line).
 
 A sample without an answer (its images failed, it ran out of memory alone) is scored as an empty answer, exactly
 as the release scores a model that said nothing, and is listed with its error in samples.jsonl and results.json.
@@ -60,8 +65,18 @@ def versions() -> dict[str, str]:
     return found
 
 
+def run_record(**details: Any) -> dict[str, Any]:
+    """How one evaluation or merge ran: when (UTC), at which git commit, from which command, plus `details` (timing,
+    answers generated and taken from the cache). Kept out of the bundle (module docstring)."""
+    from components.tracking.runs import git_commit
+
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    return {"created": when, "git_commit": git_commit(), "command": sys.argv, **details}
+
+
 def sample_row(sample: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
-    """One samples.jsonl row before scoring: the sample's identity and ground truth, and what the model said."""
+    """One samples.jsonl row before scoring: the sample's identity and ground truth, and what the model said
+    (whether the answer came from the cache is the run's business: `run_record`)."""
     choices = sample.get("choice_list")
     output = record.get("output")
     return {
@@ -76,7 +91,6 @@ def sample_row(sample: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str
         "output": output,
         "error": record.get("error"),
         "empty": output is not None and not output.strip(),
-        "cached": bool(record.get("cached")),
         "response": sample["response"],
         "choice_list": None if choices is None else [str(c) for c in choices],
     }
@@ -127,8 +141,6 @@ def _counts(rows: Sequence[dict]) -> dict[str, Any]:
         "answered": len(rows) - len(failed),
         "errors": len(failed),
         "empty": sum(r["empty"] for r in rows),
-        "cached": sum(r["cached"] for r in rows),
-        "generated": sum(not r["cached"] and r["error"] is None for r in rows),
         "tasks": dict(sorted(Counter(r["task"] for r in rows).items())),
     }
 
@@ -142,7 +154,8 @@ def write_bundle(
 ) -> dict:
     """Score `rows` (from `sample_row`) and write the whole bundle into `out`; returns results.json's content.
 
-    `meta`: model, generation, data, selection, provenance, timing (whatever the caller knows; kept as given).
+    `meta`: model, generation, data, selection, provenance (whatever the caller knows; kept as given: nothing that
+    differs between two runs of the same evaluation, see `run_record`).
     `compare_runs`: {run id: scores} of earlier MLflow runs to show beside ours (`report.run_scores`).
     `bootstrap`: resamples, confidence and seed of the intervals (default `intervals.Bootstrap()`).
     """
@@ -166,7 +179,6 @@ def write_bundle(
     failures = [r for r in rows if r["error"] is not None]
     results = {
         "format": BUNDLE_FORMAT,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **dict(meta),
         "counts": _counts(rows),
         "sample_errors": [{"uid": r["uid"], "error": r["error"]} for r in failures[:ERROR_EXAMPLES]],
@@ -219,22 +231,17 @@ def _merged_meta(parts: Sequence[tuple[Path, dict]]) -> dict[str, Any]:
         "tasks": sorted({t for _, r in parts for t in r.get("selection", {}).get("tasks", [])}),
         "limit": sorted({r.get("selection", {}).get("limit") for _, r in parts}, key=str),
     }
-    timing: dict[str, float] = {}
-    for _, results in parts:
-        for key, value in results.get("timing", {}).items():
-            if isinstance(value, int | float):
-                timing[key] = timing.get(key, 0) + value
     keep = ("model", "generation", "data", "data_source", "provenance")
     return {
         **{key: first[key] for key in keep if key in first},
         "selection": selection,
-        "timing": timing,
         "merged_from": [str(path) for path, _ in parts],
     }
 
 
 def merge_bundles(folders: Sequence[Path], out: Path) -> dict:
-    """One bundle from several parts of the same evaluation; a sample in two parts must have the same answer."""
+    """One bundle from several parts of the same evaluation; a sample in two parts must have the same answer.
+    Returns results.json's content plus `run` (`run_record`)."""
     if not folders:
         raise UserError("merge: give at least one --bundle")
     parts, rows_by_uid = [], {}
@@ -242,11 +249,11 @@ def merge_bundles(folders: Sequence[Path], out: Path) -> dict:
         results, rows = read_bundle(folder)
         parts.append((Path(folder), results))
         for row in rows:
-            row = {k: v for k, v in row.items() if k not in ("scores", "rule", "answer")}
+            # scoring is redone; `cached` is in rows of bundles written before runs were kept out of them
+            row = {k: v for k, v in row.items() if k not in ("scores", "rule", "answer", "cached")}
             seen = rows_by_uid.get(row["uid"])
             if seen is not None and (seen["output"], seen["error"]) != (row["output"], row["error"]):
                 raise UserError(f"merge: {row['uid']} has different answers in {folder} and an earlier bundle")
             rows_by_uid[row["uid"]] = row
-    meta = _merged_meta(parts)
-    meta["provenance"] = {**meta.get("provenance", {}), "command": sys.argv}
-    return write_bundle(Path(out), list(rows_by_uid.values()), meta)
+    results = write_bundle(Path(out), list(rows_by_uid.values()), _merged_meta(parts))
+    return {**results, "run": run_record()}

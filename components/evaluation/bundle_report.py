@@ -180,10 +180,8 @@ def _describe(results: Mapping) -> list[str]:
         f"(samples.parquet sha256 `{str(data.get('samples_sha256'))[:16]}`), "
         f"limit per task: {results.get('selection', {}).get('limit')}",
         f"- samples: {counts['samples']} in {len(counts['tasks'])} tasks; answered {counts['answered']}, "
-        f"errors {counts['errors']}, empty answers {counts['empty']}; cached {counts['cached']}, "
-        f"generated {counts['generated']}",
-        f"- git commit `{provenance.get('git_commit')}`; versions: "
-        + ", ".join(f"{k} {v}" for k, v in provenance.get("versions", {}).items()),
+        f"errors {counts['errors']}, empty answers {counts['empty']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in provenance.get("versions", {}).items()),
     ]
     return lines
 

@@ -51,7 +51,8 @@ EVALUATE_HELP = """\
 Answer DEMON instructions with a model and write a results bundle to --out:
   <out>/<Task>/pred.json (the official layout), samples.jsonl (per sample: prompt hash, raw output, extracted
   answer, scores), results.json (task and category scores, parity and strict, beside the paper's; seeds,
-  versions, git commit, config and data hashes), report.md and categories.png.
+  versions, config and data hashes), report.md and categories.png. How the run went (answers generated and
+  cached, seconds, batches) is printed, not written: the same evaluation writes the same bundle.
 Answers are cached (SQLite, keyed by model fingerprint, prompt and settings): a killed run resumes where it
 stopped and a repeated one is free. Data-parallel: torchrun --nproc_per_node=N -m components.cli evaluate ...
 
@@ -188,12 +189,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _print_results(results: dict, out: Path) -> None:
     from components.evaluation.report import format_summary
 
-    counts = results["counts"]
+    counts, run = results["counts"], results["run"]
     print(format_summary(results["scores"]["parity"]))
-    print(
-        f"{counts['samples']} samples: {counts['generated']} generated, {counts['cached']} cached, "
-        f"{counts['errors']} without an answer"
-    )
+    if "timing" in run:  # an evaluation (a merge answers nothing): how it went, which the bundle does not keep
+        timing = run["timing"]
+        ranks = ", ".join(str(r["samples"]) for r in timing["per_rank"])
+        print(
+            f"{counts['samples']} samples: {run['generated']} generated, {run['cached']} cached, "
+            f"{counts['errors']} without an answer; {timing['wall_s']:.1f} s (model load "
+            f"{timing['model_load_s']:.1f} s, batches: {timing['batches']}, samples per rank: {ranks})"
+        )
+        if timing["oom_splits"] or timing["batch_failures"]:
+            print(
+                f"out-of-memory splits: {timing['oom_splits']}, batches retried one sample at a time: "
+                f"{timing['batch_failures']} (samples.jsonl has each sample's error)"
+            )
+    else:
+        print(f"{counts['samples']} samples: {counts['errors']} without an answer")
     print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
 
 

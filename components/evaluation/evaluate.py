@@ -9,7 +9,6 @@ on CPU and NCCL on GPUs; each rank uses `cuda:<LOCAL_RANK>` when CUDA is there.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch.distributed as dist
 
 from components.demon.normalize import load_samples
 from components.evaluation.adapters import ModelAdapter, load_adapter
-from components.evaluation.bundle import file_sha256, sample_row, versions, write_bundle
+from components.evaluation.bundle import file_sha256, run_record, sample_row, versions, write_bundle
 from components.evaluation.cache import ResponseCache, default_cache_path
 from components.evaluation.inference import (
     build_requests,
@@ -63,10 +62,10 @@ def evaluate(
 
     `model`: a spec (`adapters.load_adapter`) or a ready adapter. `blind`: withhold a spec's images (the blind
     control). `cache_path`: the response cache (default `cache.default_cache_path()`; `settings.cache = False`
-    disables it). Returns results.json's content on rank 0, None on the other ranks.
+    disables it). Returns results.json's content plus `run` (`bundle.run_record`: timing, answers generated and
+    cached) on rank 0, None on the other ranks.
     """
     from components.evaluation.bundle_report import run_scores
-    from components.tracking.runs import git_commit
 
     settings = settings or EvalSettings()
     started = time.perf_counter()
@@ -106,7 +105,8 @@ def evaluate(
         "generation": {"key": generation_key(gen), **settings.to_dict(), "max_new_tokens": gen.max_new_tokens},
         "data": {
             "path": str(data),
-            "image_root": str(image_root),
+            # as `data` is given (relative to the working folder, or absolute): not the workspace's absolute path
+            "image_root": str(image_root) if Path(data).is_absolute() else os.path.relpath(image_root),
             "samples_sha256": file_sha256(Path(data) / "samples.parquet"),
         },
         "selection": {
@@ -115,7 +115,6 @@ def evaluate(
             "limit": settings.limit,
         },
         "provenance": {
-            "git_commit": git_commit(),
             "versions": versions(),
             "seeds": {"seed": settings.seed, "per_sample": "sha256(f'{seed}/{uid}')[:7 bytes]"}
             if gen.do_sample
@@ -123,9 +122,14 @@ def evaluate(
             "experiment": experiment,
             "device": device,
             "world_size": world,
-            "command": sys.argv,
         },
-        "timing": {
+    }
+    results = write_bundle(Path(out), rows, meta, compared)
+    cached = sum(bool(records[request.uid].get("cached")) for _, request in requests)
+    run = run_record(
+        generated=sum(r["error"] is None for r in rows) - cached,
+        cached=cached,
+        timing={
             "model_load_s": loaded - started,
             "wall_s": max(s["total_s"] for s in all_stats),
             "generate_s": sum(s["generate_s"] for s in all_stats),
@@ -134,5 +138,5 @@ def evaluate(
             "batch_failures": sum(s["batch_failures"] for s in all_stats),
             "per_rank": all_stats,
         },
-    }
-    return write_bundle(Path(out), rows, meta, compared)
+    )
+    return {**results, "run": run}

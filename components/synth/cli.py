@@ -51,6 +51,9 @@ def run_generate(args: argparse.Namespace) -> int:
         "captions": report["totals"]["captions"],
         "inputs": report["inputs"],
         "edits": {t: {k: v[k] for k in ("tried", "kept", "rejected")} for t, v in report["edits"].items()},
+        # how the run went: printed here, not kept in report.json
+        "seconds": report["seconds"],
+        "chunks_resumed": report["chunks_resumed"],
     }
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}/samples.parquet, report.json, edits.jsonl, contact_sheet.png")

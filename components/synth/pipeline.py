@@ -8,7 +8,9 @@ encoder batch), of parallelism (a process pool runs chunks) and of resuming (eac
 
 Outputs (`<out>/`): `samples.parquet`, `images/`, `edits.jsonl` (every tried edit: plan, planner prompt and reply,
 filter scores, kept or why not), `report.json` (accounting per edit type and per skipped input, `raw_root: "."`
-so `components.demon.normalize.load_samples(out)` reads it), `contact_sheet.png`.
+so `components.demon.normalize.load_samples(out)` reads it), `contact_sheet.png`. The returned report adds how the
+run went (`RUN_KEYS`: seconds per step, chunks resumed), which report.json leaves out: identical runs, interrupted
+or not, write identical bytes.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ GENERATOR = "demonlab synth"
 DIFFERENCE_TASK, CAPTION_TASK = "SynthDifference", "SynthCaption"
 SHARDS, IMAGES = ".shards", "images"
 STEPS = ("load", "segment", "attention", "plan", "edit", "filter", "write")
+RUN_KEYS = ("seconds", "chunks_resumed")  # in the returned report only (the stage logs them to MLflow)
 
 
 @dataclass
@@ -323,7 +326,7 @@ def generate(
     vpg_checkpoint: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Generate the synthetic data into `out`; returns the report (also `out/report.json`).
+    """Generate the synthetic data into `out`; returns the report (`out/report.json` plus `RUN_KEYS`).
 
     `limit` caps the number of source items (after the config's `count`), `seed` replaces the config's, `workers`
     > 1 runs chunks in a process pool (same output as serial), `vpg_checkpoint` is a trained checkpoint folder
@@ -391,7 +394,7 @@ def _generate(
         out, results, config, seed, limit, total, stamp, vpg_checkpoint, resumed=len(chunks) - len(todo)
     )
     report["seconds"]["wall"] = round(time.perf_counter() - started, 3)
-    atomic.write_json(out / "report.json", report)
+    atomic.write_json(out / "report.json", {k: v for k, v in report.items() if k not in RUN_KEYS})
     shutil.rmtree(out / SHARDS)
     return report
 

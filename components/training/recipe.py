@@ -49,6 +49,7 @@ from components.vpgc.vpgc import decoder_layers
 
 FINAL = "final"
 SUMMARY = "summary.json"
+SUMMARY_FIELDS = ("stage", "final", "steps", "heldout_loss_before", "heldout_loss_after")  # TrainResult.summary
 
 
 @dataclass
@@ -67,6 +68,12 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json: what the run made. How it went (seconds, throughput, the steps run after a resume, the
+        MLflow run and model) stays in this result, the MLflow run and the printout, so two runs of the same stage,
+        interrupted or not, write the same bytes (DVC output hashes)."""
+        return {k: v for k, v in self.to_dict().items() if k in SUMMARY_FIELDS}
 
 
 def stage_model_config(config: ModelConfig, stage: str) -> ModelConfig:
@@ -284,6 +291,7 @@ def _train(
                 "train.trainable_parameters": sum(p.numel() for p in trainable),
                 "train.data_sizes": data.sizes(),
                 "train.init": str(init),
+                "train.resumed_from": resumed_from,
             }  # fmt: skip
         )
         if heldout_before is not None:
@@ -380,13 +388,14 @@ def _train(
         figure = plot_losses(history, heldout_before, heldout_after, steps, out / "loss_curve.png")
         if to_mlflow:
             mlflow.log_metric("heldout_loss", heldout_after, step=steps)
+            mlflow.log_metrics({"train_seconds": result.seconds, "train_samples_per_s": result.samples_per_s})
             mlflow.log_metrics({f"samples_seen.{task}": float(n) for task, n in result.samples_seen.items()})
             mlflow.log_artifact(str(figure))
             if register_as:
                 from components.tracking.models import log_checkpoint_model
 
                 result.model_uri = log_checkpoint_model(out / FINAL, register_as, alias=stage)
-        atomic.write_json(out / SUMMARY, result.to_dict())
+        atomic.write_json(out / SUMMARY, result.summary())
     context.barrier()
     return result
 

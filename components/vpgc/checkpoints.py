@@ -14,15 +14,17 @@ branch, BLIP-2's contrastive/matching heads, EVA's 40th block). Any other key is
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from components import atomic
@@ -179,6 +181,21 @@ def trainable_state_dict(model: nn.Module, extra_components: tuple[str, ...] = (
     }
 
 
+def save_stable(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """`safetensors.torch.save_file`, but the same tensors and metadata always give the same bytes: safetensors
+    writes the metadata map in the order of a Rust HashMap, seeded per process, which would make identical
+    checkpoints hash differently (DVC outputs). The header is rewritten with the map sorted, at its length."""
+    blob = bytearray(save(tensors, metadata=metadata))
+    size = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # the same entries in another order: never longer
+        raise RuntimeError(f"{path}: the rewritten safetensors header grew ({len(text)} > {size} bytes)")
+    blob[8 : 8 + size] = text.ljust(size)  # safetensors pads its header with spaces
+    path.write_bytes(blob)
+
+
 def save_checkpoint(
     model: nn.Module, directory: str | os.PathLike[str], extra_components: tuple[str, ...] = ()
 ) -> Path:
@@ -189,7 +206,7 @@ def save_checkpoint(
     state = trainable_state_dict(model, extra_components)
     components = sorted({key.split(".", 1)[0] for key in state})
     with atomic.atomic_path(directory / WEIGHTS_FILE) as temp:
-        save_file(state, temp, metadata={"format": "demonlab-vpgc", "components": ",".join(components)})
+        save_stable(state, temp, metadata={"format": "demonlab-vpgc", "components": ",".join(components)})
     atomic.write_text(directory / CONFIG_FILE, yaml.safe_dump({"model": model.config.to_dict()}, sort_keys=False))
     return directory
 
