@@ -4,18 +4,21 @@ The pipeline flow (`flows.pipeline`) writes progress events, one JSON object a l
 (`Events`); all output of DVC, Prefect, MLflow and the stages goes to the log file instead. Events:
 
     {"event": "plan", "stages": [...]}                      the stages to check, in order
-    {"event": "start", "stage": S}                          `dvc repro --single-item S` began
+    {"event": "start", "stage": S}                          S is being checked (and run if stale)
     {"event": "progress", "stage": S, "desc": D, "n": N, "total": T}   the stage's own tqdm bar
-    {"event": "end", "stage": S, "outcome": O, "seconds": X}  O: ran | unchanged | retrying | failed
+    {"event": "end", "stage": S, "outcome": O, "seconds": X}  O: ran | restored | unchanged | retrying | failed
+                                                             | skipped (a stage it depends on failed)
     {"event": "warning", "text": W}                         something a user can act on
 
-The ETA adds up each remaining stage's duration in the last run that checked it (`stage-seconds.json`).
+Stages may run side by side (`demonlab run --parallel`): each running stage has its own live line. The ETA adds up
+the duration, in the last run that checked it (`stage-seconds.json`), of each stage not yet ended.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -23,7 +26,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.text import Text
 
 from components.atomic import write_json
@@ -38,24 +50,25 @@ class Events:
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream
+        self._lock = threading.Lock()  # stages running side by side report from their own threads
 
     def emit(self, event: str, **fields: Any) -> None:
         if self.stream is None:
             return
         try:
-            self.stream.write(json.dumps({"event": event, **fields}) + "\n")
-            self.stream.flush()
+            with self._lock:
+                self.stream.write(json.dumps({"event": event, **fields}) + "\n")
+                self.stream.flush()
         except OSError:  # the reader stopped (a stop signal): progress is no reason to fail a clean shutdown
             self.stream = None
 
 
 class StageOutput:
-    """Reads a stage's output as it streams by: whether DVC ran it, its tqdm bar, the warnings addressed to a user
-    (DVC's `WARNING:`, the project's `warning:`)."""
+    """Reads a stage's output as it streams by: its tqdm bar, the warnings addressed to a user (DVC's `WARNING:`,
+    the project's `warning:`)."""
 
     def __init__(self, stage: str, events: Events) -> None:
         self.stage, self.events = stage, events
-        self.ran = False
         self.partial = ""
         self.last_progress = 0.0
 
@@ -63,7 +76,6 @@ class StageOutput:
         # tqdm redraws with `\r`, so a bar's updates are segments of one line
         *segments, self.partial = re.split(r"[\r\n]", self.partial + chunk.decode(errors="replace"))
         for segment in segments:
-            self.ran |= segment.startswith(f"Running stage '{self.stage}'")
             if segment.startswith(("WARNING: ", "warning: ")):
                 self.events.emit("warning", text=segment)
             elif (bar := TQDM.match(segment)) and self._due(int(bar["n"]) == int(bar["total"])):
@@ -90,7 +102,7 @@ class EtaColumn(ProgressColumn):
 
 
 class PipelineConsole:
-    """The reading end: a stage's line once it ends, above a live line for the running stage (its bar, elapsed
+    """The reading end: a stage's line once it ends, above a live line for each running stage (its bar, elapsed
     time, the ETA); `live=False` prints only the lines (`-v`, where the stages' own output fills the console)."""
 
     def __init__(self, durations: Path, live: bool = True, console: Console | None = None) -> None:
@@ -102,9 +114,10 @@ class PipelineConsole:
             TimeElapsedColumn(), EtaColumn(), console=self.console, transient=True,
             disable=not (live and self.console.is_terminal),  # a file or a pipe gets the lines only
         )  # fmt: skip
-        self.task = self.progress.add_task("", total=None, detail="", eta_end=None, eta_partial=False)
+        self.running: dict[str, TaskID] = {}
         self.stages: list[str] = []
         self.outcomes: Counter[str] = Counter()
+        self.ended: set[str] = set()
         self.warned: set[str] = set()
 
     def follow(self, lines: Iterable[str]) -> Counter[str]:
@@ -119,22 +132,27 @@ class PipelineConsole:
         self.stages = stages
 
     def _start(self, stage: str) -> None:
-        index = self.stages.index(stage)
-        remaining = [self.last.get(s) for s in self.stages[index:]]
+        if stage in self.running:  # a retry
+            self.progress.remove_task(self.running.pop(stage))
+        remaining = [self.last.get(s) for s in self.stages if s not in self.ended]
         known = sum(seconds for seconds in remaining if seconds is not None)
-        self.progress.reset(
-            self.task, total=None, description=self._position(stage), detail="",
+        self.running[stage] = self.progress.add_task(
+            self._position(stage), total=None, detail="",
             eta_end=time.monotonic() + known if known else None, eta_partial=None in remaining,
         )  # fmt: skip
 
     def _progress(self, stage: str, desc: str, n: int, total: int) -> None:
-        self.progress.update(self.task, completed=n, total=total, detail=f"{desc} {n}/{total}")
+        self.progress.update(self.running[stage], completed=n, total=total, detail=f"{desc} {n}/{total}")
 
     def _end(self, stage: str, outcome: str, seconds: float) -> None:
         self.outcomes[outcome] += 1
+        if stage in self.running and outcome != "retrying":
+            self.progress.remove_task(self.running.pop(stage))
+        if outcome != "retrying":
+            self.ended.add(stage)
         line = f"{self._position(stage)}  {outcome:<9} {seconds:6.1f}s"
         self.progress.console.print(
-            Text(line, style="red" if outcome in ("failed", "retrying") else ""), soft_wrap=True
+            Text(line, style="red" if outcome in ("failed", "retrying", "skipped") else ""), soft_wrap=True
         )
         if outcome in ("ran", "unchanged"):
             self.last[stage] = round(seconds, 1)

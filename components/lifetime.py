@@ -13,10 +13,10 @@ A command ends early in one of two ways:
   what it left (`components.tracking.reconcile`).
 
 A child's own children are not the kernel's concern: a stage process started by DVC arms itself
-(`die_with_parent`), so the chain demonlab -> pipeline flow -> dvc -> stage unwinds link by link. One link is not
-ours: DVC starts a stage through `$SHELL -c`, and a shell that does not `exec` its command (dash, CI's `/bin/sh`)
-neither arms itself nor ends while its command runs. So the pipeline names itself the stage's owner (`OWNER_ENV`),
-and the stage also watches the owner.
+(`die_with_parent`), so a chain such as demonlab -> pipeline flow -> fork server -> stage unwinds link by link. One
+link is not ours: plain `dvc repro` starts a stage through `$SHELL -c`, and a shell that does not `exec` its command
+(dash, CI's `/bin/sh`) neither arms itself nor ends while its command runs; so a process whose parent is a shell also
+watches the shell's parent.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import psutil
 
 GRACE = 10.0  # seconds a stopped tree gets to record itself as stopped; `docker stop` allows 10 in all
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-OWNER_ENV = "DEMONLAB_OWNER_PID"  # a process whose end ends a stage, however many links lie between them
+SHELLS = {"sh", "dash", "bash", "zsh", "fish", "ksh"}
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
@@ -83,7 +83,7 @@ def stoppable(handler: Callable[..., int]) -> Callable[..., int]:
 
 def die_with_parent(parent: int | None = None) -> None:
     """End this process (SIGKILL) when `parent`, by default its parent now, ends: on Linux through the kernel,
-    elsewhere by a watchdog thread. And when the process named by `OWNER_ENV` ends, if one is."""
+    elsewhere by a watchdog thread. When `parent` is a shell, also when the shell's parent ends."""
     parent = os.getppid() if parent is None else parent
     if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -91,12 +91,10 @@ def die_with_parent(parent: int | None = None) -> None:
         _watch(lambda: os.getppid() == parent)
     if os.getppid() != parent:  # the parent died before the signal was armed
         os.kill(os.getpid(), signal.SIGKILL)
-    if (owner := int(os.environ.get(OWNER_ENV, parent))) != parent:
-        with suppress(psutil.NoSuchProcess):
-            owner_process = psutil.Process(owner)
-            _watch(owner_process.is_running)  # False once it ended, or its pid was reused
-            return
-        os.kill(os.getpid(), signal.SIGKILL)  # already gone
+    with suppress(psutil.Error):  # the shell gone already: the kernel's signal has fired
+        shell = psutil.Process(parent)
+        if shell.name() in SHELLS and shell.ppid() > 1:  # 1: an orphan already, nothing to watch
+            _watch(psutil.Process(shell.ppid()).is_running)  # False once it ended, or its pid was reused
 
 
 def _watch(alive: Callable[[], bool]) -> None:

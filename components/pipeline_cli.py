@@ -55,6 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="change a parameter in params.yaml first, as `dvc exp run -S` does (repeatable)",
     )
     run.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run up to N stages that do not depend on each other at once (default 1; with several GPUs each of "
+        "the N gets its own through CUDA_VISIBLE_DEVICES)",
+    )
+    run.add_argument(
         "-v", "--verbose", action="store_true", help="show what DVC, Prefect, MLflow and the stages print, not a log"
     )
     run.set_defaults(handler=run_pipeline)
@@ -155,12 +163,20 @@ def _prefect_api(env: dict[str, str]) -> Iterator[str]:
 @stoppable
 def run_pipeline(args: argparse.Namespace) -> int:
     _require_workspace()
+    if args.parallel < 1:
+        raise UserError(f"--parallel {args.parallel}: expected a number of stages, 1 or more")
+    if not args.set and (checked := _up_to_date(args.stages)):
+        print(f"nothing to do: all {checked} stage(s) are up to date (DVC's judgement, as `dvc status` gives it)")
+        for line in pipeline_summary(yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))):
+            print(line)
+        return 0
     env = _environment()
     home = Path(env["PREFECT_HOME"])
     result_file = home / "last-pipeline-run.json"
     result_file.unlink(missing_ok=True)
     command = [sys.executable, "-m", "flows.pipeline", "--set", json.dumps(parse_assignments(args.set))]
-    command += ["--result", str(result_file)] + (["--stages", *args.stages] if args.stages else [])
+    command += ["--result", str(result_file), "--parallel", str(args.parallel)]
+    command += ["--stages", *args.stages] if args.stages else []
     log = None if args.verbose else Path("logs") / time.strftime("run-%Y%m%d-%H%M%S.log", time.gmtime())
     if log:
         log.parent.mkdir(exist_ok=True)
@@ -178,7 +194,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         reason = result.get("error") or f"the pipeline flow exited with {returncode}" + "".join(f": {x}" for x in last)
         raise UserError(redact(reason) + (f"; full log: {log}" if log else "; its log is above"))
     minutes, seconds = divmod(round(time.monotonic() - started), 60)
-    counts = ", ".join(f"{outcomes[outcome]} {outcome}" for outcome in ("ran", "unchanged") if outcomes[outcome])
+    counts = ", ".join(f"{n} {outcome}" for outcome in ("ran", "restored", "unchanged") if (n := outcomes[outcome]))
     print(
         f"pipeline done: {len(result['stages'])} stage(s) checked ({counts}) in {minutes}m {seconds:02d}s; "
         f"MLflow parent run {result['mlflow_run_id']} ({result['name']})"
@@ -188,6 +204,22 @@ def run_pipeline(args: argparse.Namespace) -> int:
     for line in look_further(result, None if own_server else api):
         print(line)
     return 0
+
+
+def _up_to_date(names: list[str] | None) -> int:
+    """How many stages were checked when none of `names` (default: all) is stale; 0 when some is, or when a name
+    is not a stage (the pipeline flow says which). No server is started for this: it takes DVC a second or two."""
+    from components.dvc_stages import DvcStages
+
+    stages = DvcStages(Path.cwd())
+    try:
+        every = list(stages.upstream())
+        selected = [name for name in every if names is None or name in names]
+        if set(names or []) - set(every) or stages.stale(selected):
+            return 0
+        return len(selected)
+    finally:
+        stages.close()
 
 
 def _follow(command: list[str], env: dict[str, str], log: Path | None, view: PipelineConsole) -> tuple[int, Counter]:
@@ -233,16 +265,17 @@ def _open(what: str, ui: str | None, command: str, port: int, path: str) -> str:
 
 def pipeline_summary(params: dict) -> list[str]:
     """The lines `demonlab run` ends with: what the data stages kept, each model's overall score with its 95%
-    interval, the paper's full model's paired differences, where the report is."""
+    interval, the paper's full model's paired differences, where the report is; none for what the project's
+    `params.yaml` does not have (a pipeline of other stages)."""
     lines = []
-    report = Path(params["data"]["normalized"]) / "report.json"
+    report = Path(params.get("data", {}).get("normalized", "-")) / "report.json"
     if report.is_file():
         totals = json.loads(report.read_text())["totals"]
         lines.append(
             f"DEMON normalized: {totals['normalized']} samples kept, {totals['quarantined']} quarantined, "
             f"{totals['tasks_failed']} task(s) failed, of {totals['input']} read"
         )
-    compare = Path(params["evaluate"]["report"]) / "compare.json"
+    compare = Path(params.get("evaluate", {}).get("report", "-")) / "compare.json"
     if compare.is_file():
         from components.evaluation.intervals import overall_summary
 

@@ -1,12 +1,17 @@
-"""The pipeline flow: every DVC stage in graph order as a Prefect task, inside one MLflow parent run.
+"""The pipeline flow: every stale DVC stage as a Prefect task, inside one MLflow parent run, up to `slots` at once.
 
-DVC decides what is stale (a stage that did not change is skipped by `dvc repro --single-item`), so Prefect result
-caching is off. One pipeline runs per workspace at a time (a global concurrency limit named after the workspace).
-Each stage's own flow run becomes a child MLflow run through `DEMONLAB_PARENT_RUN_ID`; after it finishes, the
-child and the parent are tagged with the DVC hashes of what it read and wrote. Before anything, it reconciles what a
-killed run of the workspace left running in MLflow and Prefect (`flows.tracking.reconcile`). Started by `demonlab
-run`, it reports progress as events on a pipe (`--events`, `components.console`) while everything else it and the
-stages print goes to stdout, which `demonlab run` sends to the run's log file.
+The executor keeps DVC the judge and the record (`components.dvc_stages`: the steps and calls of `dvc repro
+--single-item`, so `dvc.lock` is what it writes) but runs each stage's `python -m flows.<stage>` in a child forked
+from a server that imported torch, transformers, Prefect, MLflow and the stage modules once (`components.forkserver`):
+a stage starts in milliseconds instead of ~10 s, still a process of its own (its own Prefect flow run and MLflow run,
+its memory returned when it ends). Stages that do not depend on each other run side by side on `slots` (each slot
+its own GPU where there are several); a failed stage stops only the stages downstream of it. Prefect result caching
+is off: DVC knows what is stale. One pipeline runs per workspace at a time (a global concurrency limit named after
+the workspace). Each stage's own flow run becomes a child MLflow run through `DEMONLAB_PARENT_RUN_ID`; after it
+finishes, the child and the parent are tagged with the DVC hashes of what it read and wrote. Before anything, it
+reconciles what a killed run of the workspace left running in MLflow and Prefect (`flows.tracking.reconcile`).
+Started by `demonlab run`, it reports progress as events on a pipe (`--events`, `components.console`) while
+everything else it and the stages print goes to stdout, which `demonlab run` sends to the run's log file.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
+import shutil
 import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,12 +36,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.concurrency.context import ConcurrencyContext
 from prefect.concurrency.sync import concurrency
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import deployment, flow_run, task_run
 
 from components.atomic import write_json
 from components.console import Events, StageOutput
+from components.dvc_stages import DvcStages, python_module, shell
 from components.errors import UserError
-from components.lifetime import GRACE, OWNER_ENV, die_with_parent, dies_with_us
+from components.forkserver import ForkServer
+from components.lifetime import die_with_parent, dies_with_us
 from components.tracking.provenance import stage_data_tags
 from components.tracking.runs import (
     PARENT_RUN_ENV,
@@ -52,61 +63,80 @@ from flows.tracking import LEASE_TAG, claim_flow_run, reconcile
 RETRIES = 2
 EVALUATED = "merge@"  # a merge stage's run holds one model's scores in one view: what a comparison compares
 EVENTS = Events()  # `demonlab run`'s progress channel once `main` opens it; none under a worker
+# imported once in the fork server besides the stage modules: what every stage loads on its first MLflow call (~1.6 s)
+PRELOAD = ["mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store"]
 
 
 class StageFailed(RuntimeError):
-    def __init__(self, stage: str, tail: str) -> None:
+    def __init__(self, stage: str, status: int, tail: str) -> None:
         self.stage = stage
-        # DVC reports the command's own exit status; a user's mistake will fail the same way again
-        self.user_error = f"exited with {USER_ERROR_EXIT}" in tail
+        self.user_error = status == USER_ERROR_EXIT  # a user's mistake will fail the same way again
         # a stage's own one-line message (`flows.entry.stage_main`) says it best; else the end of its output
-        message = [line for line in tail.splitlines() if line.startswith("error: ")] or [tail]
-        super().__init__(f"stage {stage!r} failed: " + "\n".join(message).removeprefix("error: "))
+        said = [line.removeprefix("error: ") for line in tail.splitlines() if line.startswith("error: ")]
+        ended = f"exited with {status}" if status >= 0 else f"killed by signal {-status}"
+        super().__init__(f"stage {stage!r} failed: " + ("\n".join(said) if said else f"({ended}) {tail}"))
 
 
-def stage_order() -> list[str]:
-    """DVC stage names (`score@parity` for foreach items) with every stage after the stages it depends on."""
-    import networkx as nx
-    from dvc.repo import Repo
+@dataclass
+class Executor:
+    """What the stage tasks share: DVC's bookkeeping, the fork server, and each stage's peak memory."""
 
-    with Repo(str(workspace())) as repo:
-        position = {stage: i for i, stage in enumerate(repo.index.stages)}  # dvc.yaml order breaks ties
-        ordered = nx.lexicographical_topological_sort(repo.index.graph.reverse(), key=position.__getitem__)
-        return [stage.addressing for stage in ordered]
+    stages: DvcStages
+    server: ForkServer
+    peak_rss_mb: dict[str, int] = field(default_factory=dict)
+
+    def reproduce(self, stage: str, env: dict[str, str], output: StageOutput) -> str:
+        """Reproduce `stage` as `dvc repro --single-item` would: "ran", "unchanged" or "restored" (run cache)."""
+        begun, pending = self.stages.begin(stage)
+        if pending is None:
+            return begun
+        commands, env, cwd = self.stages.commands(pending, env)
+        print(f"Running stage '{stage}':", flush=True)  # as DVC says it, for the run's log
+        for command in commands:
+            print(f"> {command}", flush=True)
+            status, tail = self._run(command, env, cwd, output)
+            if status:
+                raise StageFailed(stage, status, tail)
+        self.stages.finish(pending)
+        return "ran"
+
+    def _run(self, command: str, env: dict[str, str], cwd: str, output: StageOutput) -> tuple[int, str]:
+        """Run one command line, echoing its output (progress bars included) to stdout and `output`; its exit
+        status and the tail of its output for the error message."""
+        module, read, write = python_module(command), *os.pipe()
+        with os.fdopen(read, "rb", buffering=0) as stream:
+            try:  # the child holds the writing end; ours closes, so the output ends when the child does
+                if module:
+                    ended = self.server.start(module, env, cwd, write)
+                else:  # in this process's group, so a Ctrl-C reaches it too; ends if this process is killed
+                    process = subprocess.Popen(
+                        shell(command), env=env, cwd=cwd, stdout=write, stderr=write, preexec_fn=dies_with_us()
+                    )
+            finally:
+                os.close(write)
+            tail = _echo(stream, output)
+        if not module:
+            status = process.wait()
+        else:
+            reply = ended.result()
+            status = reply["exit"]
+            self.peak_rss_mb[output.stage] = max(self.peak_rss_mb.get(output.stage, 0), reply["maxrss_mb"])
+        lines = b"".join(tail).decode(errors="replace").replace("\r", "\n").splitlines()
+        return status, "\n".join(line for line in lines[-25:] if line.strip())
 
 
-def _tee(command: list[str], env: dict[str, str], output: StageOutput) -> tuple[int, str]:
-    """Run `command`, echoing its output (progress bars included) to stdout and `output`, and keeping the tail for
-    the error message."""
+EXECUTOR: Executor | None = None  # set by the pipeline flow for its stage tasks
+
+
+def _echo(stream: IO[bytes], output: StageOutput) -> deque[bytes]:
+    """Copy `stream` to stdout and `output` until it ends; its last chunks."""
     tail: deque[bytes] = deque(maxlen=64)
-    # in this process's group, so a Ctrl-C reaches the stage too (DVC waits for it); ends if this process is killed
-    process = subprocess.Popen(
-        command,
-        env={**env, OWNER_ENV: str(os.getpid())},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        bufsize=0,
-        preexec_fn=dies_with_us(),
-    )
-    assert process.stdout is not None
-    try:
-        _echo(process.stdout, tail, output)
-    except BaseException:  # stopped: show the stage recording itself as stopped before this flow does, for a while
-        _echo(process.stdout, tail, output, deadline=time.monotonic() + GRACE)
-        raise
-    lines = b"".join(tail).decode(errors="replace").replace("\r", "\n").splitlines()
-    return process.wait(), "\n".join(line for line in lines[-25:] if line.strip())
-
-
-def _echo(stream: IO[bytes], tail: deque[bytes], output: StageOutput, deadline: float | None = None) -> None:
-    """Copy `stream` to stdout and `output` until it ends (or `deadline` passes), keeping its last chunks in `tail`."""
-    while deadline is None or select.select([stream], [], [], max(0.0, deadline - time.monotonic()))[0]:
-        if not (chunk := stream.read(65536)):
-            return
+    while chunk := stream.read(65536):
         sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
         output.feed(chunk)
         tail.append(chunk)
+    return tail
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -115,23 +145,28 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(name="dvc-stage", retries=RETRIES, retry_delay_seconds=5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
-def run_stage(stage: str, env: dict[str, str]) -> None:
+def run_stage(stage: str, env: dict[str, str]) -> str:
+    assert EXECUTOR is not None, "run_stage runs inside demon_pipeline"
     EVENTS.emit("start", stage=stage)
     started, output = time.monotonic(), StageOutput(stage, EVENTS)
-    returncode, tail = _tee([sys.executable, "-m", "dvc", "repro", "--single-item", stage], env, output)
-    error = StageFailed(stage, tail) if returncode else None
-    if error is None:
-        outcome = "ran" if output.ran else "unchanged"
-    else:
-        outcome = "retrying" if not error.user_error and task_run.get_run_count() <= RETRIES else "failed"
-    EVENTS.emit("end", stage=stage, outcome=outcome, seconds=round(time.monotonic() - started, 1))
-    if error:
-        raise error
+    try:
+        outcome = EXECUTOR.reproduce(stage, env, output)
+    except StageFailed as error:
+        retrying = not error.user_error and task_run.get_run_count() <= RETRIES
+        EVENTS.emit("end", stage=stage, outcome="retrying" if retrying else "failed", seconds=_since(started))
+        raise
+    EVENTS.emit("end", stage=stage, outcome=outcome, seconds=_since(started))
+    return outcome
 
 
-def tag_stage_runs(parent_id: str, stage: str) -> None:
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 1)
+
+
+def tag_stage_runs(parent_id: str, stage: str, stages: DvcStages) -> None:
     """Tag the stage's child runs and the parent with the DVC hashes of the stage's inputs and outputs."""
-    tags = stage_data_tags(workspace(), stage, outputs=True)
+    with stages.turn():  # dvc.lock, read between other stages' writes
+        tags = stage_data_tags(workspace(), stage, outputs=True)
     client = mlflow.MlflowClient()
     children = client.search_runs(
         [mlflow.get_run(parent_id).info.experiment_id],
@@ -153,53 +188,121 @@ def _workspace_limit() -> str:
 
 
 @flow(name="demon-pipeline")
-def demon_pipeline(stages: list[str] | None = None, set: dict[str, Any] | None = None) -> dict[str, Any]:
+def demon_pipeline(
+    stages: list[str] | None = None, set: dict[str, Any] | None = None, slots: int = 1
+) -> dict[str, Any]:
     """Reproduce the pipeline (or only `stages`, with what they depend on left as DVC has it).
 
     `set`: parameter overrides, dotted keys of params.yaml (`{"train.max_steps": 20}`), applied before DVC runs.
+    `slots`: how many independent stages may run at once (on a machine with several GPUs, each slot gets its own).
     """
     logger = get_run_logger()
     if deployment.get_id():  # started by a worker: end with it, as everything `demonlab` starts does
         die_with_parent()
     claim_flow_run()
-    for line in reconcile(f"pipeline flow run {flow_run.get_id()}"):
-        logger.warning("reconciled: %s", line)
-        EVENTS.emit("warning", text=f"reconciled: {line}")
-    with concurrency(_workspace_limit(), occupy=1, strict=True):
-        if set:
-            set_params(set)
-        params = load_params()
-        name = pipeline_run_name(str(params.get("experiment", "")))
-        # the lease, so the next run can free the slot if this one is killed (`flows.tracking.reconcile`)
-        claim_flow_run(LEASE_TAG + str(ConcurrencyContext.get().cleanup_lease_ids[-1]), name=name)
-        order = stage_order()
-        unknown = sorted(s for s in stages or [] if s not in order)
-        if unknown:
-            raise ValueError(f"unknown stage(s) {unknown}; the pipeline has {order}")
-        selected = [s for s in order if stages is None or s in stages]
-        EVENTS.emit("plan", stages=selected)
-        experiment_id = configure()
-        tags = {
-            "demonlab.stage": "pipeline",
-            "demonlab.experiment": str(params.get("experiment", "")),
-            "prefect.flow_run_id": str(flow_run.get_id() or ""),
-            "git.commit": git_commit() or "",
-        }
-        with start_run(run_name=name, tags=tags) as parent:
-            mlflow.log_params(loggable_params(params))  # refuses a credential before MLflow sees it
-            env = {**os.environ, PARENT_RUN_ENV: parent.info.run_id}
-            for index, stage in enumerate(selected, 1):
-                logger.info("[%d/%d] %s", index, len(selected), stage)
-                run_stage.with_options(name=f"dvc-stage-{stage}")(stage, env)
-                tag_stage_runs(parent.info.run_id, stage)
+    with executor() as run:  # first: the fork server imports while the flow reconciles and waits for its turn
+        for line in reconcile(f"pipeline flow run {flow_run.get_id()}"):
+            logger.warning("reconciled: %s", line)
+            EVENTS.emit("warning", text=f"reconciled: {line}")
+        with concurrency(_workspace_limit(), occupy=1, strict=True):
+            if set:
+                set_params(set)
+            params = load_params()
+            name = pipeline_run_name(str(params.get("experiment", "")))
+            # the lease, so the next run can free the slot if this one is killed (`flows.tracking.reconcile`)
+            claim_flow_run(LEASE_TAG + str(ConcurrencyContext.get().cleanup_lease_ids[-1]), name=name)
+            upstream = run.stages.upstream()
+            unknown = sorted(s for s in stages or [] if s not in upstream)
+            if unknown:
+                raise ValueError(f"unknown stage(s) {unknown}; the pipeline has {list(upstream)}")
+            selected = [s for s in upstream if stages is None or s in stages]
+            EVENTS.emit("plan", stages=selected)
+            experiment_id = configure()
+            tags = {
+                "demonlab.stage": "pipeline",
+                "demonlab.experiment": str(params.get("experiment", "")),
+                "prefect.flow_run_id": str(flow_run.get_id() or ""),
+                "git.commit": git_commit() or "",
+            }
+            with start_run(run_name=name, tags=tags) as parent:
+                mlflow.log_params(loggable_params(params))  # refuses a credential before MLflow sees it
+                env = {**os.environ, PARENT_RUN_ENV: parent.info.run_id}
+                graph = {s: [d for d in upstream[s] if d in selected] for s in selected}
+                failures = schedule(graph, env, slots, parent.info.run_id)
+                if run.peak_rss_mb:
+                    mlflow.log_metric("peak_rss_mb", max(run.peak_rss_mb.values()))
+            if failures:
+                raise failures[0]
     return {
         "mlflow_run_id": parent.info.run_id,
         "name": name,
         "flow_run_id": str(flow_run.get_id() or ""),
         "stages": selected,
         "experiment_id": experiment_id,
-        "evaluated": evaluated_runs(experiment_id, [s for s in order if s.startswith(EVALUATED)]),
+        "evaluated": evaluated_runs(experiment_id, [s for s in upstream if s.startswith(EVALUATED)]),
+        "peak_rss_mb": run.peak_rss_mb,
     }
+
+
+@contextmanager
+def executor() -> Iterator[Executor]:
+    """The stage tasks' `Executor` for as long as the block: the fork server preloading every module the stages
+    run. Started from the flow's own thread, which the server's life is tied to."""
+    global EXECUTOR
+    stages = DvcStages(workspace())
+    # the project's stage flows, which do their work under `__main__` only; any other module runs fresh in its child
+    modules = {m[1] for line in stages.command_lines() if (m := python_module(line)) and m[1].startswith("flows.")}
+    try:
+        with ForkServer(PRELOAD + sorted(modules), cwd=str(workspace())) as server:
+            EXECUTOR = Executor(stages, server)
+            yield EXECUTOR
+    finally:
+        EXECUTOR = None
+        stages.close()
+
+
+def schedule(upstream: dict[str, list[str]], env: dict[str, str], slots: int, parent_id: str) -> list[StageFailed]:
+    """Run the stages of `upstream` (each -> the stages it waits for), every stage once those have succeeded, at most
+    `slots` at once, in the order given where there is a choice; a failed stage's dependants are skipped. The
+    failures, in the order they happened."""
+    devices = _devices() if slots > 1 else []
+    waiting, running, free = list(upstream), {}, list(range(slots))
+    done: set[str] = set()
+    failed: set[str] = set()
+    failures: list[StageFailed] = []
+    while waiting or running:
+        for stage in list(waiting):
+            if any(dep in failed for dep in upstream[stage]):
+                waiting.remove(stage)
+                failed.add(stage)
+                EVENTS.emit("end", stage=stage, outcome="skipped", seconds=0.0)
+            elif free and all(dep in done for dep in upstream[stage]):
+                waiting.remove(stage)
+                slot = free.pop(0)
+                stage_env = {**env, "CUDA_VISIBLE_DEVICES": devices[slot % len(devices)]} if devices else env
+                future = run_stage.with_options(name=f"dvc-stage-{stage}").submit(stage, stage_env)
+                running[future] = (stage, slot)
+        finished: PrefectFuture = next(as_completed(list(running)))
+        stage, slot = running.pop(finished)
+        free.append(slot)
+        error = finished.result(raise_on_failure=False)
+        if isinstance(error, BaseException):
+            failed.add(stage)
+            failures.append(error if isinstance(error, StageFailed) else StageFailed(stage, 1, repr(error)))
+        else:
+            done.add(stage)
+            tag_stage_runs(parent_id, stage, EXECUTOR.stages)
+    return failures
+
+
+def _devices() -> list[str]:
+    """The GPUs the slots share out: CUDA_VISIBLE_DEVICES's list, else every GPU `nvidia-smi` sees, else none."""
+    if visible := os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return visible.split(",")
+    if shutil.which("nvidia-smi") is None:
+        return []
+    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
+    return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
 
 
 def evaluated_runs(experiment_id: str, stages: list[str]) -> list[str]:
@@ -222,12 +325,13 @@ def main() -> None:
     parser.add_argument("--stages", nargs="*", default=None, help="only these DVC stages (default: all)")
     parser.add_argument("--set", default="{}", help="JSON parameter overrides, e.g. '{\"train.max_steps\": 20}'")
     parser.add_argument("--result", type=Path, default=None, help="write the run's summary (JSON) here")
+    parser.add_argument("--parallel", type=int, default=1, help="independent stages run at once (default 1)")
     parser.add_argument("--events", type=int, default=None, help="write progress events (JSON lines) to this fd")
     args = parser.parse_args()
     if args.events is not None:
         EVENTS.stream = os.fdopen(args.events, "w", encoding="utf-8")
     try:
-        result = demon_pipeline(stages=args.stages, set=json.loads(args.set) or None)
+        result = demon_pipeline(stages=args.stages, set=json.loads(args.set) or None, slots=args.parallel)
     except (StageFailed, UserError) as error:  # Prefect has logged the details; end with the one line that matters
         result = {"error": str(error), "user_error": getattr(error, "user_error", True)}
     if args.result:  # the caller reports it

@@ -1,0 +1,124 @@
+"""DVC's own bookkeeping for stages whose commands the caller runs (`flows.pipeline`, through a fork server).
+
+`dvc repro --single-item S` does, under DVC's repository lock: judge S stale (`Stage.changed`), remove its outputs,
+restore them from the run cache if this exact run was cached, else save its dependencies' hashes; then, with the lock
+released, run its command; then, locked again, hash and cache its outputs (and the run) and write its `dvc.lock`
+entry. `DvcStages` takes the same steps through the same DVC calls, so `dvc.lock` is what `dvc repro` writes, and
+leaves the command between them to the caller: several stages' commands can run at once while their bookkeeping
+takes turns (a `Repo` is not thread-safe; DVC's lock keeps other DVC processes out while it works).
+
+DVC's per-path read/write locks (`.dvc/tmp/rwlock`, keyed by process) are not taken: one process runs every stage
+here, and the graph already keeps a stage from running beside the stages it reads from.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from dvc.stage import Stage
+
+Begun = Literal["unchanged", "restored", "run"]
+
+
+class DvcStages:
+    """The stages of the DVC project at `root`, addressed as `dvc stage list` names them (`score@parity`)."""
+
+    def __init__(self, root: Path) -> None:
+        from dvc.repo import Repo
+
+        self.repo = Repo(str(root))
+        self._turn = threading.Lock()
+
+    def close(self) -> None:
+        self.repo.close()
+
+    @contextmanager
+    def turn(self) -> Iterator[dict[str, Stage]]:
+        """This thread's turn with DVC, under its repository lock: every stage by address."""
+        from dvc.repo import lock_repo
+
+        with self._turn, lock_repo(self.repo):
+            yield {stage.addressing: stage for stage in self.repo.index.stages}
+
+    def upstream(self) -> dict[str, list[str]]:
+        """Each stage -> the stages whose outputs it reads, in an order that puts every stage after those
+        (`dvc.yaml` order breaks ties, as `dvc repro` does)."""
+        import networkx as nx
+
+        with self.turn() as stages:
+            graph = self.repo.index.graph  # an edge from a stage to each stage it depends on
+            position = {stage: i for i, stage in enumerate(stages.values())}
+            ordered = nx.lexicographical_topological_sort(graph.reverse(), key=position.__getitem__)
+            return {stage.addressing: [dep.addressing for dep in graph.successors(stage)] for stage in ordered}
+
+    def command_lines(self) -> list[str]:
+        """Every stage's command lines."""
+        from dvc.stage.run import _enforce_cmd_list
+
+        with self.turn() as stages:
+            return [line for stage in stages.values() for line in _enforce_cmd_list(stage.cmd)]
+
+    def stale(self, names: list[str]) -> list[str]:
+        """Those of `names` that `dvc repro` would run now (their upstream as it is on disk)."""
+        with self.turn() as stages:
+            return [name for name in names if stages[name].changed()]
+
+    def begin(self, name: str) -> tuple[Begun, Stage | None]:
+        """Take the steps before a stage's command: ("unchanged", None) when it is up to date, ("restored", None)
+        when the run cache had its outputs (recorded already), else ("run", stage) for `commands` then `finish`."""
+        from dvc.stage.cache import RunCacheNotFoundError
+
+        with self.turn() as stages:
+            stage = stages[name]
+            if not stage.changed():
+                return "unchanged", None
+            stage.remove_outs(ignore_remove=False, force=False)
+            try:
+                self.repo.stage_cache.restore(stage)
+            except RunCacheNotFoundError:
+                stage.save_deps()
+                return "run", stage
+            self._record(stage)
+            return "restored", None
+
+    def finish(self, stage: Stage) -> None:
+        """After its commands succeeded: hash and cache the stage's outputs, cache the run, write `dvc.lock`."""
+        with self.turn():
+            self._record(stage)
+
+    @staticmethod
+    def commands(stage: Stage, env: dict[str, str]) -> tuple[list[str], dict[str, str], str]:
+        """The stage's command lines, and the environment and folder DVC runs them with."""
+        from dvc.stage.run import _enforce_cmd_list, prepare_kwargs
+
+        setting = prepare_kwargs(stage, run_env=env)  # adds DVC_ROOT and DVC_STAGE, as for any stage command
+        return _enforce_cmd_list(stage.cmd), setting["env"], setting["cwd"]
+
+    @staticmethod
+    def _record(stage: Stage) -> None:
+        uncached = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
+        stage.save(allow_missing=False, run_cache=not uncached)
+        stage.commit(allow_missing=False)
+        stage.dump(update_pipeline=False)
+
+
+def python_module(command: str) -> list[str] | None:
+    """`python -m MODULE ARGS` (every project stage) -> ["-m", MODULE, *ARGS], what a fork server runs; else None."""
+    argv = shlex.split(command)
+    if len(argv) >= 3 and Path(argv[0]).name in ("python", "python3", Path(sys.executable).name) and argv[1] == "-m":
+        return argv[1:]
+    return None
+
+
+def shell(command: str) -> list[str]:
+    """Any other command line, run as DVC runs it: `$SHELL -c` (with its no-config flags), else `/bin/sh -c`."""
+    from dvc.stage.run import _make_cmd, get_executable
+
+    return _make_cmd(get_executable(), command)
