@@ -134,7 +134,8 @@ def main() -> None:
     parallel_s = timed([demonlab, "run", "--parallel", "2"], c, {**env, "DEMONLAB_CACHE": str(base / "cache-parallel")})
     noop_repro = timed([sys.executable, "-m", "dvc", "repro"], b, pipeline_env)
     noop_run = timed([demonlab, "run"], b, pipeline_env)
-    peak = json.loads((b / ".prefect" / "last-pipeline-run.json").read_text())["peak_rss_mb"]
+    result = json.loads((b / ".prefect" / "last-pipeline-run.json").read_text())
+    peak = result["peak_rss_mb"]
     stage_seconds = json.loads((b / ".prefect" / "stage-seconds.json").read_text())
     cells = [seconds for stage, seconds in stage_seconds.items() if stage.startswith("evaluate@")]
 
@@ -146,6 +147,7 @@ def main() -> None:
     print(f"demonlab run, nothing changed     {noop_run:8.1f} s   (target <= 5 s)")
     top = sorted(peak.items(), key=lambda item: -item[1])[:3]
     print(f"peak RSS of a stage: {', '.join(f'{stage} {mb} MB' for stage, mb in top)} (of {len(peak)} stages)")
+    print(f"peak RSS of the pipeline process itself: {result['pipeline_rss_mb']} MB")
     if cells:
         one, eight = sum(cells), makespan(cells, 8)
         print(f"evaluation matrix, {len(cells)} cells: {one:.1f} s on 1 slot; 8 slots (projection): {eight:.1f} s")

@@ -199,6 +199,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
         f"pipeline done: {len(result['stages'])} stage(s) checked ({counts}) in {minutes}m {seconds:02d}s; "
         f"MLflow parent run {result['mlflow_run_id']} ({result['name']})"
     )
+    if peak := result.get("peak_rss_mb"):
+        stage, mb = max(peak.items(), key=lambda item: item[1])
+        print(f"peak memory: {mb} MB ({stage}, the largest of {len(peak)} stage process(es) that ran)")
     for line in pipeline_summary(yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))):
         print(line)
     for line in look_further(result, None if own_server else api):

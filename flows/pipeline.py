@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -240,7 +241,8 @@ def demon_pipeline(
         "stages": selected,
         "experiment_id": experiment_id,
         "evaluated": evaluated_runs(experiment_id, [s for s in upstream if s.startswith(EVALUATED)]),
-        "peak_rss_mb": run.peak_rss_mb,
+        "peak_rss_mb": run.peak_rss_mb,  # each stage's; the pipeline's own process holds no stage's data:
+        "pipeline_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
     }
 
 
