@@ -138,6 +138,7 @@ def become(request: dict[str, Any], output: int) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a stop reaches the stage as Ctrl-C
     die_with_parent()
     os.chdir(request["cwd"])
+    sys.path[0] = os.getcwd()  # what `python -m` puts first: the folder it starts in
     os.environ.clear()
     os.environ.update(request["env"])
     random.seed()  # a fresh interpreter's entropy, not the server's state shared by every child
