@@ -142,7 +142,7 @@ def test_the_fork_server_runs_a_module_as_python_m_does(tmp_path: Path) -> None:
         sys.exit(int(sys.argv[1]))
         """)
     )
-    with ForkServer(["json"], cwd=str(tmp_path)) as server:
+    with ForkServer(["json"], cwd=str(tmp_path.parent)) as server:  # the child starts in tmp_path, finds probe there
         results = []
         for status in (0, 3):
             read, write = os.pipe()
