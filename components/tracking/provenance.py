@@ -8,6 +8,7 @@ Code is covered by the `git.commit` tag, so only data (paths some stage outputs)
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import yaml
@@ -16,7 +17,18 @@ LOCK_FILE = "dvc.lock"
 
 
 def _lock(workspace: Path) -> dict:
+    """`dvc.lock`'s stages. DVC rewrites the file in place, so a stage starting beside another that is being
+    recorded (`demonlab run --parallel`) can catch it half-written: then it reads again, a moment later."""
     path = workspace / LOCK_FILE
+    for _ in range(40):
+        try:
+            return _stages(path)
+        except yaml.YAMLError:
+            time.sleep(0.05)
+    return _stages(path)
+
+
+def _stages(path: Path) -> dict:
     return (yaml.safe_load(path.read_text()) or {}).get("stages", {}) if path.is_file() else {}
 
 
