@@ -42,9 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser(
         "run",
         help="reproduce the whole pipeline (DVC stages as one Prefect flow, tracked in MLflow)",
-        description="Run every stale DVC stage in order as tasks of the `demon-pipeline` Prefect flow, inside one "
-        "MLflow parent run, then print where the report is. Uses the Prefect server at PREFECT_API_URL, or starts "
-        "one on 127.0.0.1 for the run (state kept in .prefect/). Parameters come from params.yaml.",
+        description="Run every stale DVC stage, each once the stages it reads from are done, as tasks of the "
+        "`demon-pipeline` Prefect flow inside one MLflow parent run, then print the results and where the report is. "
+        "DVC judges what is stale and records what ran in dvc.lock, as `dvc repro` would; with nothing stale the "
+        "command says so in a second or two and starts nothing. Uses the Prefect server at PREFECT_API_URL, or "
+        "starts one on 127.0.0.1 for the run (state kept in .prefect/). Parameters come from params.yaml.",
     )
     run.add_argument("--stages", nargs="+", default=None, metavar="STAGE", help="only these stages (`dvc stage list`)")
     run.add_argument(
