@@ -40,21 +40,25 @@ class DvcStages:
         self.repo.close()
 
     @contextmanager
-    def turn(self) -> Iterator[dict[str, Stage]]:
-        """This thread's turn with DVC, under its repository lock: every stage by address."""
+    def turn(self) -> Iterator[None]:
+        """This thread's turn with DVC, under its repository lock."""
         from dvc.repo import lock_repo
 
         with self._turn, lock_repo(self.repo):
-            yield {stage.addressing: stage for stage in self.repo.index.stages}
+            yield
+
+    def _by_address(self) -> dict[str, Stage]:
+        """Every stage by address, as `dvc.yaml` and `params.yaml` say now (DVC rebuilds its index each turn)."""
+        return {stage.addressing: stage for stage in self.repo.index.stages}
 
     def upstream(self) -> dict[str, list[str]]:
         """Each stage -> the stages whose outputs it reads, in an order that puts every stage after those
         (`dvc.yaml` order breaks ties, as `dvc repro` does)."""
         import networkx as nx
 
-        with self.turn() as stages:
+        with self.turn():
             graph = self.repo.index.graph  # an edge from a stage to each stage it depends on
-            position = {stage: i for i, stage in enumerate(stages.values())}
+            position = {stage: i for i, stage in enumerate(self.repo.index.stages)}
             ordered = nx.lexicographical_topological_sort(graph.reverse(), key=position.__getitem__)
             return {stage.addressing: [dep.addressing for dep in graph.successors(stage)] for stage in ordered}
 
@@ -62,12 +66,13 @@ class DvcStages:
         """Every stage's command lines."""
         from dvc.stage.run import _enforce_cmd_list
 
-        with self.turn() as stages:
-            return [line for stage in stages.values() for line in _enforce_cmd_list(stage.cmd)]
+        with self.turn():
+            return [line for stage in self.repo.index.stages for line in _enforce_cmd_list(stage.cmd)]
 
     def stale(self, names: list[str]) -> list[str]:
         """Those of `names` that `dvc repro` would run now (their upstream as it is on disk)."""
-        with self.turn() as stages:
+        with self.turn():
+            stages = self._by_address()
             return [name for name in names if stages[name].changed()]
 
     def begin(self, name: str) -> tuple[Begun, Stage | None]:
@@ -75,8 +80,8 @@ class DvcStages:
         when the run cache had its outputs (recorded already), else ("run", stage) for `commands` then `finish`."""
         from dvc.stage.cache import RunCacheNotFoundError
 
-        with self.turn() as stages:
-            stage = stages[name]
+        with self.turn():
+            stage = self._by_address()[name]
             if not stage.changed():
                 return "unchanged", None
             stage.remove_outs(ignore_remove=False, force=False)

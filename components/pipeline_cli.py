@@ -273,15 +273,15 @@ def pipeline_summary(params: dict) -> list[str]:
     interval, the paper's full model's paired differences, where the report is; none for what the project's
     `params.yaml` does not have (a pipeline of other stages)."""
     lines = []
-    report = Path(params.get("data", {}).get("normalized", "-")) / "report.json"
-    if report.is_file():
+    normalized = params.get("data", {}).get("normalized")
+    if normalized and (report := Path(normalized) / "report.json").is_file():
         totals = json.loads(report.read_text())["totals"]
         lines.append(
             f"DEMON normalized: {totals['normalized']} samples kept, {totals['quarantined']} quarantined, "
             f"{totals['tasks_failed']} task(s) failed, of {totals['input']} read"
         )
-    compare = Path(params.get("evaluate", {}).get("report", "-")) / "compare.json"
-    if compare.is_file():
+    folder = params.get("evaluate", {}).get("report")
+    if folder and (compare := Path(folder) / "compare.json").is_file():
         from components.evaluation.intervals import overall_summary
 
         record = json.loads(compare.read_text())
