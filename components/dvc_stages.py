@@ -35,6 +35,8 @@ class DvcStages:
 
         self.repo = Repo(str(root))
         self._turn = threading.Lock()
+        self._plan: dict[str, int] = {}  # stage name -> its place in `dvc repro`'s order (`upstream`)
+        self._locked: set[str] = set()  # stages `dvc.lock` had an entry for then
 
     def close(self) -> None:
         self.repo.close()
@@ -52,14 +54,15 @@ class DvcStages:
         return {stage.addressing: stage for stage in self.repo.index.stages}
 
     def upstream(self) -> dict[str, list[str]]:
-        """Each stage -> the stages whose outputs it reads, in an order that puts every stage after those
-        (`dvc.yaml` order breaks ties, as `dvc repro` does)."""
-        import networkx as nx
+        """Each stage -> the stages whose outputs it reads, in the order `dvc repro` takes them (every stage after
+        those). From here on, stages new to `dvc.lock` are written there in that order, whichever finishes first."""
+        from dvc.repo.reproduce import plan_repro
 
         with self.turn():
             graph = self.repo.index.graph  # an edge from a stage to each stage it depends on
-            position = {stage: i for i, stage in enumerate(self.repo.index.stages)}
-            ordered = nx.lexicographical_topological_sort(graph.reverse(), key=position.__getitem__)
+            ordered = plan_repro(graph, list(self.repo.index.stages))
+            self._plan = {stage.name: i for i, stage in enumerate(ordered)}
+            self._locked = {name for stage in ordered for name in stage.dvcfile.lockfile_contents.get("stages", {})}
             return {stage.addressing: [dep.addressing for dep in graph.successors(stage)] for stage in ordered}
 
     def command_lines(self) -> list[str]:
@@ -106,12 +109,23 @@ class DvcStages:
         setting = prepare_kwargs(stage, run_env=env)  # adds DVC_ROOT and DVC_STAGE, as for any stage command
         return _enforce_cmd_list(stage.cmd), setting["env"], setting["cwd"]
 
-    @staticmethod
-    def _record(stage: Stage) -> None:
+    def _record(self, stage: Stage) -> None:
         uncached = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
         stage.save(allow_missing=False, run_cache=not uncached)
         stage.commit(allow_missing=False)
         stage.dump(update_pipeline=False)
+        self._in_plan_order(stage.dvcfile._lockfile.path)
+
+    def _in_plan_order(self, lockfile: str) -> None:
+        """DVC appends a stage new to `dvc.lock`; `dvc repro` appends them in its plan's order, stages running side
+        by side here finish in any order: move this run's new entries into the plan's order, as `dvc repro` has them."""
+        from dvc.utils.serialize import modify_yaml
+
+        with modify_yaml(lockfile, fs=self.repo.fs) as data:
+            entries = data["stages"]
+            new = [name for name in entries if name not in self._locked]
+            for name in sorted(new, key=lambda name: self._plan.get(name, len(self._plan))):
+                entries.move_to_end(name)
 
 
 def python_module(command: str) -> list[str] | None:

@@ -23,7 +23,8 @@ from components.forkserver import ForkServer
 DEMONLAB = str(Path(sys.executable).with_name("demonlab"))
 DVC = [sys.executable, "-m", "dvc"]
 
-# `python -m toy NAME [INPUT...]`: waits `toy.seconds`, then writes out/NAME.txt from its inputs; exits 2 with a
+# `python -m toy NAME [INPUT...]`: waits `toy.seconds` (left thrice that: it finishes after right, which started
+# later, so dvc.lock's order must not follow finishing order), then writes out/NAME.txt from its inputs; exits 2 with a
 # user's error while a file `fail-NAME` exists (not a DVC dependency: removing it changes nothing DVC sees)
 TOY = """
 import sys, time
@@ -31,7 +32,8 @@ from pathlib import Path
 import yaml
 
 name, inputs = sys.argv[1], sys.argv[2:]
-time.sleep(yaml.safe_load(Path("params.yaml").read_text())["toy"]["seconds"])
+seconds = yaml.safe_load(Path("params.yaml").read_text())["toy"]["seconds"]
+time.sleep(seconds * (3 if name == "left" else 1))
 if Path(f"fail-{name}").exists():
     print(f"error: {name} was told to fail (fail-{name})", file=sys.stderr)
     sys.exit(2)
