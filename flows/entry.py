@@ -29,6 +29,17 @@ def stage_main(entry: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         end_open_runs()
         sys.exit(128 + signal.SIGINT)
+    finally:
+        send_prefect_logs()
+
+
+def send_prefect_logs() -> None:
+    """Send the logs still queued for the Prefect API now. Left to `logging.shutdown` at exit, the same drain takes
+    ~1.5 s a stage (measured through the fork server; 0.02 s here), one stage after another."""
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)  # Prefect's own bound at exit
 
 
 def end_open_runs() -> None:

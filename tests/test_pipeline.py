@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from workspace import project_workspace, run
 
@@ -158,8 +158,12 @@ def test_pipeline_survives_a_kill_tracks_everything_and_knows_what_is_stale(
     assert {stage: by_stage[stage].info.run_name for stage in names} == names
     assert all(re.fullmatch(r"pipeline tiny [0-9a-f]{7}", parent.info.run_name) for parent in parents)
     with temporary_settings({PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as prefect:
-        flow_runs = {flow_run.name for flow_run in prefect.read_flow_runs(flow_run_filter=ours)}
-    assert set(names.values()) | {parents[0].info.run_name} <= flow_runs
+        flow_runs = prefect.read_flow_runs(flow_run_filter=ours)
+        merges = [f.id for f in flow_runs if f.name == names["merge@vpgc-synthetic-images"] and f.state.is_completed()]
+        merge_logs = prefect.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=merges)))
+    assert set(names.values()) | {parents[0].info.run_name} <= {flow_run.name for flow_run in flow_runs}
+    # a stage's logs reach Prefect's UI to the last line (sent before the process exits, not left to `atexit`)
+    assert merges and any(log.message.startswith("Finished in state Completed") for log in merge_logs)
     merged_run = by_stage["merge@vpgc-synthetic-images"].info.run_id
     assert f'compare-runs?runs=["{merged_run}"]&experiments=["{train_run.info.experiment_id}"]' in second.stdout
 
