@@ -70,7 +70,9 @@ def assert_all_gone(process, log: Path, port: int | None = None, timeout: float 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
 def test_a_stopped_or_killed_run_leaves_nothing_running(tmp_path: Path, sig: signal.Signals) -> None:
-    ws, env = project_workspace(tmp_path, "unused")
+    # acquire renders ~5 s of mini-DEMON, so the signal lands mid-stage (at 2 samples a task it took 0.4 s, and the
+    # stage could finish before the signal reached it)
+    ws, env = project_workspace(tmp_path, "unused", {"data": {"mini": {"per_task": 100}}})
     env.pop("PREFECT_API_URL")  # the run starts its own server: what a user gets, and what must not leak
     log = tmp_path / "run.log"
     with background([DEMONLAB, "run"], log, env=env, cwd=ws) as run:
