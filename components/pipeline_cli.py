@@ -269,8 +269,8 @@ def _open(what: str, ui: str | None, command: str, port: int, path: str) -> str:
 
 
 def pipeline_summary(params: dict) -> list[str]:
-    """The lines `demonlab run` ends with: what the data stages kept, each model's overall score with its 95%
-    interval, the paper's full model's paired differences, where the report is; none for what the project's
+    """The lines `demonlab run` ends with: what the data stages kept, the answers to the declared contrasts, each
+    model's overall score with its 95% interval, where the report is; none for what the project's
     `params.yaml` does not have (a pipeline of other stages)."""
     lines = []
     normalized = params.get("data", {}).get("normalized")
@@ -282,14 +282,16 @@ def pipeline_summary(params: dict) -> list[str]:
         )
     folder = params.get("evaluate", {}).get("report")
     if folder and (compare := Path(folder) / "compare.json").is_file():
+        from components.evaluation.contrasts import sentences
         from components.evaluation.intervals import overall_summary
 
         record = json.loads(compare.read_text())
+        # the answers first: the declared contrasts, Holm-adjusted as one family; every other pair is in the report
+        if "contrasts" in record:
+            family = record["contrasts"]
+            lines.append(f"contrasts ({family['family']}; {family['adjustment']}):")
+            lines += [f"  {line}" for line in sentences(family, figures="parity")]
         lines += overall_summary(record)
-        # the paper's full model against every other model and its own blind control, paired on shared samples
-        full = f"vpgc-{params['train']['registered_variant']}"
-        for other in (label for label in record["bundles"] if label != full and full in record["bundles"]):
-            lines.append(overall_summary(record, full, other)[-1])
         lines.append(f"report: {compare.with_name('compare.md').resolve()}")
     return lines
 

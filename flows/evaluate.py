@@ -17,6 +17,8 @@ params.yaml keys read:
                              hf:<id>) or {model: <spec>, vpgc: on|off}
   evaluate.views             `images` (the model as it is) and `blind` (its control: every image replaced by a
                              blank one of the same size); each model is evaluated, merged and reported per view
+  evaluate.contrasts         the comparisons the report answers, `model[view] - model[view]`, Holm-adjusted as one
+                             family (null: each VPG-C variant - backbone, synthetic - captions, each model - blind)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from prefect import flow
 from components.errors import UserError
 from components.evaluation.bundle import merge_bundles
 from components.evaluation.bundle_report import compare_bundles
+from components.evaluation.contrasts import label
 from components.evaluation.evaluate import evaluate
 from components.evaluation.settings import load_eval_settings
 from components.experiment import load_experiment
@@ -131,12 +134,20 @@ def merge_evaluations(bundles: list[str], out: str, metrics: str | None = None) 
 
 
 @flow(name="compare-evaluations")
-def compare_evaluations(bundles: dict[str, str], out: str, floors: dict[str, dict[str, float]] | None = None) -> dict:
+def compare_evaluations(
+    bundles: dict[str, str],
+    out: str,
+    floors: dict[str, dict[str, float]] | None = None,
+    contrasts: list[str] | None = None,
+) -> dict:
     """A side-by-side report of several models' bundles ({label: folder}), with the baselines' category scores
-    ({baseline: {category: x100}}) as the floors to read them against."""
-    with tracked_stage("evaluate-compare", {"bundles": bundles, "out": out}):
-        labeled = [(label, Path(folder)) for label, folder in bundles.items()]
-        record = compare_bundles(labeled, Path(out), floors=floors)
+    ({baseline: {category: x100}}) as the floors to read them against, led by the answers to `contrasts`
+    (`model[view] - model[view]`; None: the ablation's default family)."""
+    with tracked_stage("evaluate-compare", {"bundles": bundles, "out": out, "contrasts": contrasts}):
+        labeled = [(name, Path(folder)) for name, folder in bundles.items()]
+        record = compare_bundles(
+            labeled, Path(out), floors=floors, contrasts=contrasts, where="params.yaml evaluate.contrasts"
+        )
         for name in ("compare.md", "compare.png", "compare.json"):
             mlflow.log_artifact(str(Path(out) / name))
     return record
@@ -170,11 +181,6 @@ def baseline_floors(p: dict) -> dict[str, dict[str, float]]:
     return floors
 
 
-def label(model: str, view: str) -> str:
-    """The report's name of a model seen one way: `vpgc-synthetic`, its blind control `vpgc-synthetic-blind`."""
-    return model if view == "images" else f"{model}-{view}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run an evaluation stage with the settings of params.yaml.")
     steps = parser.add_subparsers(dest="step", required=True)
@@ -193,7 +199,9 @@ def main() -> None:
     if args.step == "compare":
         bundles = {label(name, view): str(out / "models" / name / view) for view in section.get("views") or ["images"]
                    for name in section.get("models") or {}}  # fmt: skip
-        compare_evaluations(bundles, section.get("report", "data/report"), floors=baseline_floors(p))
+        compare_evaluations(
+            bundles, section.get("report", "data/report"), floors=baseline_floors(p), contrasts=section.get("contrasts")
+        )
     elif args.step == "merge":
         groups = [out / "groups" / args.model_name / args.view / name for name in section.get("groups") or {}]
         found = [str(g) for g in groups if (g / "results.json").is_file()]

@@ -5,6 +5,7 @@ contract through the real `write_bundle` and `compare_bundles` (on a small mini-
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ import pytest
 from evaluate_helpers import mini_normalized
 
 from components.demon.registry import get_task, tasks
+from components.errors import UserError
 from components.evaluation.bundle import sample_row, write_bundle
 from components.evaluation.bundle_report import compare_bundles
+from components.evaluation.contrasts import contrast_family, default_contrasts, holm, sentences
 from components.evaluation.intervals import (
     Bootstrap,
     compare_intervals,
@@ -23,6 +26,7 @@ from components.evaluation.intervals import (
     score_intervals,
 )
 from components.evaluation.scorers import score_task
+from components.pipeline_cli import pipeline_summary
 
 FAST = Bootstrap(resamples=2000)
 INTERVAL_KEYS = {"scorer", "level", "name", "n", "score", "ci_low", "ci_high"}
@@ -148,18 +152,30 @@ def test_three_models_of_realistic_size_take_seconds():
 # ---------------------------------------------------------------------------------------- the contract
 
 
+FOCUS = "Visual Relation Inference"
+
+
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> dict[str, Path]:
-    """Two 'models' on a 4-per-task mini-DEMON, written by the real write_bundle: one answers with the ground truth
-    on even sample ids, the other on sample ids below 3 (one sample missing, as in a partial run)."""
+    """'Models' on a 4-per-task mini-DEMON, written by the real write_bundle: `even` answers with the ground truth
+    on even sample ids, `low` on sample ids below 3 (one sample missing, as in a partial run). The pipeline's names
+    answer only the FOCUS category's tasks, as the embedded default evaluates: `backbone` as `even`,
+    `vpgc-synthetic` as `low` (all samples), `backbone-blind` never."""
     folder = tmp_path_factory.mktemp("intervals")
     data = mini_normalized(folder, per_task=4)
     samples = pd.read_parquet(data / "samples.parquet").to_dict("records")
+    focus = [s for s in samples if get_task(s["task"]).category == FOCUS]
     meta = {"model": {"spec": "m"}, "data": {"path": str(data), "image_root": str(folder / "raw")}}
     out = {}
-    for name, right in (("even", lambda s: s["sample_id"] % 2 == 0), ("low", lambda s: s["sample_id"] < 3)):
+    for name, right, chosen in (
+        ("even", lambda s: s["sample_id"] % 2 == 0, samples),
+        ("low", lambda s: s["sample_id"] < 3, samples),
+        ("backbone", lambda s: s["sample_id"] % 2 == 0, focus),
+        ("vpgc-synthetic", lambda s: s["sample_id"] < 3, focus),
+        ("backbone-blind", lambda s: False, focus),
+    ):
         rows = [sample_row(s, {"output": str(s["response"]) if right(s) else "", "n_images": 1,
-                               "prompt_sha256": "0" * 64}) for s in samples]  # fmt: skip
+                               "prompt_sha256": "0" * 64}) for s in chosen]  # fmt: skip
         if name == "low":
             rows = rows[1:]
         write_bundle(folder / name, rows, meta)
@@ -205,13 +221,92 @@ def test_compare_json_and_md_follow_the_contract(bundles, tmp_path):
     assert "Data: even: mini-DEMON (procedural), 4 samples per task; low: mini-DEMON (procedural), 3-4 samples" in table
     assert "| category | floor: chance | floor: copy context | paper: Ablation 1 |" in table
     assert "not comparable to mini-DEMON scores" in table and "| even - low |" in table
-    assert "1 only in even" in table and "| even - low | **-" in table  # "low" is right on one more sample per task
+    assert "1 only in even" in table and "| even - low | -" in table  # "low" is right on one more sample per task
+    exploratory = table.split("## Exploratory, unadjusted: paired differences, parity")[1].split("## Tasks")[0]
+    assert "**" not in exploratory and "Not adjusted for the number of tests" in exploratory
     relabelled = compare_bundles([("even", bundles["even"])], tmp_path / "one", data_label="DEMON-Core, 50 per task")
     assert relabelled["data"] == "DEMON-Core, 50 per task" and relabelled["paired"] == []
 
     lines = overall_summary(tmp_path / "compare.json", "low", "even")
     assert lines[0].startswith("even (parity x100): overall ") and " ± " in lines[0] and lines[0].endswith("(116)")
     assert lines[2].startswith("low - even (parity x100, paired): ")
+
+
+def test_declared_contrasts_lead_the_report_holm_adjusted_as_one_family(bundles, tmp_path):
+    labeled = [(name, bundles[name]) for name in ("even", "low")]
+    record = compare_bundles(labeled, tmp_path, contrasts=["low[images] - even", "even - low"], where="test")
+    family = record["contrasts"]
+    assert family["family"].startswith("declared") and family["tests"] == 4
+    assert [(r["contrast"], r["scorer"]) for r in family["records"]] == [
+        ("low - even", "parity"), ("low - even", "strict"), ("even - low", "parity"), ("even - low", "strict")
+    ]  # fmt: skip
+    raw = [r["p_value"] for r in family["records"]]
+    assert [r["p_holm"] for r in family["records"]] == holm(raw)
+    assert all(holm_p >= p for holm_p, p in zip(holm(raw), raw, strict=True))
+    low_even, even_low = family["records"][0], family["records"][2]
+    assert low_even["diff"] == -even_low["diff"] and low_even["ci_low"] == -even_low["ci_high"]
+    assert low_even["diff"] > 0 and low_even["detected"] and low_even["verdict"].startswith("higher by ")
+    assert even_low["verdict"].startswith("lower by ")
+
+    table = (tmp_path / "compare.md").read_text()
+    headings = [line for line in table.splitlines() if line.startswith("## ")]
+    assert headings[:2] == ["## Answer: the declared contrasts", "## Models"]
+    assert f"- low - even: parity: {low_even['verdict']}; strict: higher by " in table
+    assert "| low - even | **+" in table and "Holm p=" in table
+
+    with pytest.raises(UserError, match=r"^test: contrast 'low - nobody': no model 'nobody' compared; known: even"):
+        compare_bundles(labeled, tmp_path, contrasts=["low - nobody"], where="test")
+    with pytest.raises(UserError, match=r"^test: contrast 'low-even': expected 'model\[view\] - model\[view\]'"):
+        compare_bundles(labeled, tmp_path, contrasts=["low-even"], where="test")
+
+
+def test_the_default_family_is_the_ablation_and_unevaluated_categories_are_not_printed(bundles, tmp_path):
+    names = ("backbone", "vpgc-synthetic", "backbone-blind")
+    record = compare_bundles([(name, bundles[name]) for name in names], tmp_path)
+    family = record["contrasts"]
+    assert family["family"].startswith("the default")
+    assert list(dict.fromkeys(r["contrast"] for r in family["records"])) == [
+        "vpgc-synthetic - backbone",
+        "backbone - backbone-blind",
+    ]
+    table = (tmp_path / "compare.md").read_text()
+    others = {t.category for t in tasks("core")} - {FOCUS}
+    assert f"| {FOCUS} |" in table and not [c for c in others if c in table]
+    assert not [line for line in table.splitlines() if re.fullmatch(r"\| [^|]+ \|( - \|)+", line)]
+    assert [line for line in table.splitlines() if line.startswith("- vpgc-synthetic - backbone: ")]
+
+    # `demonlab run` ends with the same answers, before each model's score
+    summary = pipeline_summary({"evaluate": {"report": str(tmp_path)}})
+    assert summary[0].startswith("contrasts (the default: ") and "Holm over the 4 tests" in summary[0]
+    assert summary[1].startswith("  vpgc-synthetic - backbone: ") and "(parity x100: " in summary[1]
+    assert "Holm p=" in summary[1] and "**" not in summary[1] and summary[3].startswith("backbone (parity x100)")
+
+
+@pytest.mark.parametrize(
+    ("p_values", "expected"),
+    [
+        ([0.01, 0.04, 0.03, 0.005], [0.03, 0.06, 0.06, 0.02]),  # worked by hand: 4 x 0.005, 3 x 0.01, 2 x 0.03, max
+        ([0.5, 0.9], [1.0, 1.0]),
+        ([], []),
+    ],
+)
+def test_holm(p_values, expected):
+    assert holm(p_values) == pytest.approx(expected)
+
+
+def test_a_difference_that_is_significant_alone_is_not_detected_in_its_family():
+    """The case the report used to bold: p = 0.0208 for one pair among six contrasts x two scorers."""
+    pairs = default_contrasts(["backbone", "vpgc-captions", "vpgc-synthetic", "backbone-blind",
+                               "vpgc-captions-blind", "vpgc-synthetic-blind"])  # fmt: skip
+    assert len(pairs) == 6 and ("vpgc-synthetic", "backbone-blind") not in pairs  # a different model and view
+    paired = [{"scorer": scorer, "a": a, "b": b, "level": "overall", "name": "overall", "n": 96, "diff": 1.56,
+               "ci_low": 0.33, "ci_high": 2.87, "p_value": 0.0208 if (a, b) == pairs[0] else 0.5}
+              for a, b in pairs for scorer in ("parity", "strict")]  # fmt: skip
+    family = contrast_family(pairs, paired, declared=False)
+    first = family["records"][0]
+    assert first["p_holm"] == pytest.approx(12 * 0.0208) and not first["detected"]
+    assert first["verdict"] == "no detectable difference"
+    assert sentences(family)[0] == "vpgc-captions - backbone: no detectable difference"
 
 
 def test_bundle_metrics_add_the_overall_and_the_interval_bounds(bundles):

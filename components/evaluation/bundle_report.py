@@ -17,6 +17,7 @@ from typing import Any
 from components import atomic
 from components.demon.registry import categories
 from components.errors import UserError
+from components.evaluation.contrasts import contrast_family, contrast_section, resolve_contrasts
 from components.evaluation.intervals import Bootstrap, compare_intervals, format_difference, format_interval
 from components.evaluation.report import HEADLINE_MODELS, paper_category_scores, paper_task_scores
 from components.evaluation.scorers import SCORERS
@@ -134,17 +135,21 @@ def run_scores(run_id: str) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def plot_categories(
-    path: Path, columns: Sequence[Column], title: str, bounds: Mapping[str, Bounds] | None = None
+    path: Path,
+    columns: Sequence[Column],
+    title: str,
+    bounds: Mapping[str, Bounds] | None = None,
+    names: Sequence[str] | None = None,
 ) -> None:
-    """Grouped horizontal bars: one group per category, one bar per column (missing values left out); `bounds`
-    ({column header: {category: (low, high)}}) draws the intervals as error bars."""
+    """Grouped horizontal bars: one group per category (`names`, default all), one bar per column (missing values
+    left out); `bounds` ({column header: {category: (low, high)}}) draws the intervals as error bars."""
     import matplotlib
     import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(categories())
+    names = list(names or categories())
     height = 0.8 / max(len(columns), 1)
     figure, axis = plt.subplots(figsize=(9, 1.0 + 0.45 * len(names) * max(1, len(columns) / 3)))
     for k, (label, values) in enumerate(columns):
@@ -260,10 +265,14 @@ def compare_bundles(
     floors: Mapping[str, Mapping[str, float]] | None = None,
     data_label: str | None = None,
     bootstrap: Bootstrap | None = None,
+    contrasts: Sequence[str] | None = None,
+    where: str = "compare",
 ) -> dict:
-    """A side-by-side report of several bundles (`compare.md`, `compare.png`, `compare.json`): each model's scores
-    with intervals, the paired difference of every pair, beside the paper's ablation rows; returns compare.json's
-    content.
+    """A side-by-side report of several bundles (`compare.md`, `compare.png`, `compare.json`): it opens with the
+    answers to the declared contrasts (`contrasts`: `a[view] - b[view]` strings, None: the ablation's default family;
+    `where` names their source in errors), Holm-adjusted as one family; then each model's scores with intervals
+    and, as exploratory and unadjusted, the paired difference of every pair, beside the paper's ablation rows;
+    returns compare.json's content. Categories no model was scored on are left out.
 
     `floors`: {floor name: {category: score x100}} (chance, copying the context, ...) listed per category in the
     header table. `data_label` overrides the data description read from the bundles. `bootstrap`: resamples,
@@ -277,10 +286,13 @@ def compare_bundles(
     if len(set(labels)) != len(labels):
         raise UserError(f"compare: labels must differ, got {labels}")
     bootstrap = bootstrap or Bootstrap()
+    asked = resolve_contrasts(contrasts, labels, where)
     bundles = {label: read_bundle(folder) for label, folder in labeled}
     loaded = {label: results for label, (results, _) in bundles.items()}
     uncertainty = compare_intervals({label: rows for label, (_, rows) in bundles.items()}, bootstrap)
     intervals, paired = uncertainty["intervals"], uncertainty["paired"]
+    family = contrast_family(asked, paired, declared=contrasts is not None, alpha=1 - bootstrap.confidence)
+    evaluated = [c for c in categories() if any(r["level"] == "category" and r["name"] == c for r in intervals)]
     described = {label: describe_data(results) for label, results in loaded.items()}
     distinct = set(described.values())
     data = data_label or (
@@ -288,7 +300,7 @@ def compare_bundles(
     )
     paper = paper_category_scores()
     ablations: list[Column] = [
-        (f"paper: {row.split(':')[0]}", {c: paper[c].get(row) for c in categories()}) for row in ABLATION_ROWS
+        (f"paper: {row.split(':')[0]}", {c: paper[c].get(row) for c in evaluated}) for row in ABLATION_ROWS
     ]
     references: list[Column] = [(f"floor: {name}", values) for name, values in (floors or {}).items()] + ablations
     record: dict[str, Any] = {
@@ -296,15 +308,16 @@ def compare_bundles(
         "data": data,
         "floors": {name: dict(values) for name, values in (floors or {}).items()},
         "scores": {},
+        "contrasts": family,
         **uncertainty,
     }
-    lines = ["# DEMON: side-by-side", "", f"Data: {data}.", ""]
+    lines = ["# DEMON: side-by-side", "", f"Data: {data}.", "", *contrast_section(family), "", "## Models", ""]
     lines += [f"- **{label}**: `{folder}` (model `{loaded[label].get('model', {}).get('spec')}`, "
               f"{loaded[label]['counts']['samples']} samples)" for label, folder in labeled]  # fmt: skip
     lines += ["", _uncertainty_note(uncertainty["interval_method"]), "", "## Reference points per category (x100)", "",
               f"Paper ablation rows (Table 4): {'; '.join(ABLATION_ROWS)}; "
               f"{paper_note([data_source(r) for r in loaded.values()])}.", "",
-              markdown_table("category", list(categories()), references), "", "![categories](compare.png)"]  # fmt: skip
+              markdown_table("category", evaluated, references), "", "![categories](compare.png)"]  # fmt: skip
     pairs = list(itertools.combinations(labels, 2))
     for scorer in SCORERS:
         cat_columns: list[Column] = [(label, category_scores(loaded[label]["scores"][scorer])) for label in labels]
@@ -316,22 +329,24 @@ def compare_bundles(
         }
         cells = [(label, _cells(intervals, scorer, label)) for label in labels]
         lines += ["", f"## Categories, {scorer} (x100)", "",
-                  markdown_table("category", ["overall", *categories()], cells)]  # fmt: skip
+                  markdown_table("category", ["overall", *evaluated], cells)]  # fmt: skip
         if pairs:
             # one row per pair, one column per level: as many columns as scored levels, however many models
             names = list(dict.fromkeys(r["name"] for r in paired if r["scorer"] == scorer))
-            differences = [(name, {f"{r['a']} - {r['b']}": format_difference(r, bootstrap.confidence) for r in paired
+            differences = [(name, {f"{r['a']} - {r['b']}": format_difference(r, bold=False) for r in paired
                             if (r["scorer"], r["name"]) == (scorer, name)}) for name in names]  # fmt: skip
-            lines += ["", f"## Paired differences, {scorer} (x100)", "",
-                      f"a - b on the samples both answered: diff [low, high] of the {bootstrap.confidence:.0%} paired "
-                      "bootstrap interval, p of a two-sided sign-flip permutation test, (n); **bold**: the interval "
-                      f"excludes 0 and p < {1 - bootstrap.confidence:.2g} (at a few samples the interval alone "
-                      "is too narrow).", *_pairing_notes(uncertainty["paired_samples"]), "",
+            lines += ["", f"## Exploratory, unadjusted: paired differences, {scorer} (x100)", "",
+                      f"Every pair at every level, {len(pairs)} pairs x {len(names)} levels: a - b on the samples both "
+                      f"answered, diff [low, high] of the {bootstrap.confidence:.0%} paired bootstrap interval, p of a "
+                      "two-sided sign-flip permutation test, (n). Not adjusted for the number of tests, so none is "
+                      "marked: at p < 0.05 about one in twenty differs by chance alone. The answers are the declared "
+                      "contrasts above.", *_pairing_notes(uncertainty["paired_samples"]), "",
                       markdown_table("a - b", [f"{a} - {b}" for a, b in pairs], differences)]  # fmt: skip
         lines += ["", f"## Tasks, {scorer} (x100)", "", markdown_table("task", tasks, cells)]
         if scorer == "parity":
             bounds = {label: _bounds(intervals, scorer, label) for label in labels}
-            plot_categories(Path(out) / "compare.png", cat_columns + ablations, "DEMON categories (parity)", bounds)
+            plot_categories(Path(out) / "compare.png", cat_columns + ablations, "DEMON categories (parity)", bounds,
+                            evaluated)  # fmt: skip
     atomic.write_text(Path(out) / "compare.md", "\n".join(lines) + "\n")
     atomic.write_json(Path(out) / "compare.json", record)
     return record

@@ -211,12 +211,12 @@ def significant(record: Mapping[str, Any], confidence: float = 0.95) -> bool:
     return (record["ci_low"] > 0 or record["ci_high"] < 0) and record["p_value"] < 1 - confidence
 
 
-def format_difference(record: Mapping[str, Any], confidence: float = 0.95) -> str:
-    """`diff [low, high], p (n)`, bold where `significant`."""
+def format_difference(record: Mapping[str, Any], confidence: float = 0.95, bold: bool = True) -> str:
+    """`diff [low, high], p (n)`, bold where `significant` unless `bold` is off (exploratory, unadjusted tests)."""
     if record["ci_low"] is None:
         return f"{record['diff']:+.2f} [n/a] ({record['n']})"
     text = f"{record['diff']:+.2f} [{record['ci_low']:+.2f}, {record['ci_high']:+.2f}]"
-    if significant(record, confidence):
+    if bold and significant(record, confidence):
         text = f"**{text}**"
     return f"{text}, p={record['p_value']:.4f} ({record['n']})"
 
