@@ -30,8 +30,9 @@ class ResponseLoss(nn.Module):
     def forward(self, layouts: Sequence[PromptLayout], pixels: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy of the target tokens (a 0-dim float32 tensor); divide by the token count."""
         batch, features = self.model.prepare(layouts, pixels, padding_side="right")
-        labels = batch.labels  # (B, T), IGNORE_INDEX outside targets
-        logits = self.model(dataclasses.replace(batch, labels=None), features).logits  # (B, T, V)
-        return F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        predicts = batch.labels[:, 1:] != IGNORE_INDEX  # (B, T-1): position t predicts token t+1
+        # Logits only where a target token is predicted: the LM head and its softmax over the whole prompt would
+        # cost more than the decoder blocks (49,152 classes) and their gradient is zero anyway.
+        keep = F.pad(predicts, (0, 1))  # (B, T) bool
+        logits = self.model(dataclasses.replace(batch, labels=None), features, logits_to_keep=keep).logits  # (N, V)
+        return F.cross_entropy(logits.float(), batch.labels[:, 1:][predicts], reduction="sum")

@@ -14,7 +14,9 @@ Stages:
 Per global step: `mix` samples of each task (`data.py`), split over ranks, then into micro-batches whose gradients
 accumulate. The loss is the sum of the token losses divided by the number of target tokens in the GLOBAL batch,
 so one process and N processes (and any micro-batch size) compute the same gradient. AdamW, linear warm-up then
-cosine decay, gradient clipping, bfloat16 autocast on CUDA. A checkpoint every `checkpoint_every` steps
+cosine decay, gradient clipping. Precision follows the hardware (`train.precision: auto`, `vpgc/precision.py`):
+frozen backbones in bf16 where the device has bf16 matrix units, float32 masters and optimiser state for what trains,
+the loss reduced in float32. A checkpoint every `checkpoint_every` steps
 (`state.py`) lets `--resume` continue to exactly the weights of an uninterrupted run.
 """
 
@@ -45,6 +47,7 @@ from components.training.loss import ResponseLoss
 from components.vpgc.checkpoints import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
 from components.vpgc.config import ModelConfig, load_config, model_config_from_dict
 from components.vpgc.model import VPGCModel
+from components.vpgc.precision import precision_name, resolve_precision
 from components.vpgc.vpgc import decoder_layers
 
 FINAL = "final"
@@ -134,9 +137,7 @@ def pixels_of(model: VPGCModel, examples: Sequence[Example], image_root: Path) -
 
 
 @torch.no_grad()
-def heldout_loss(
-    loss_fn: ResponseLoss, examples: list[Example], image_root: Path, micro_batch: int, autocast: Any
-) -> float:
+def heldout_loss(loss_fn: ResponseLoss, examples: list[Example], image_root: Path, micro_batch: int) -> float:
     """Mean token loss on the held-out samples (evaluation transform, every rank computes the same number)."""
     model = loss_fn.model
     was_training = model.vpgc.training or model.vpg.training
@@ -144,8 +145,7 @@ def heldout_loss(
     total, tokens = 0.0, 0
     for chunk in chunks(examples, micro_batch):
         layouts = model.layouts([e.conversation for e in chunk], [e.target for e in chunk])
-        with autocast():
-            total += float(loss_fn(layouts, pixels_of(model, chunk, image_root)))
+        total += float(loss_fn(layouts, pixels_of(model, chunk, image_root)))
         tokens += sum(len(item.target_ids) for item in layouts)
     model.train(was_training)
     return total / max(tokens, 1)
@@ -205,13 +205,7 @@ def _train(
     # A shortened run keeps the schedule's shape: warm-up shrinks in proportion.
     warmup = round(stage_settings.warmup_steps * steps / stage_settings.steps)
     model_config = stage_model_config(model_config_from_dict(section(document, "model", experiment)), stage)
-    use_bf16 = settings.precision == "bfloat16" or (settings.precision == "auto" and context.device.type == "cuda")
-    if use_bf16 and context.device.type == "cpu":
-        raise UserError(f"{experiment}: train.precision bfloat16 needs a CUDA device here; use auto or float32")
-
-    def autocast() -> Any:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
-
+    compute_dtype = resolve_precision(settings.precision, context.device)
     if context.device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
@@ -239,7 +233,7 @@ def _train(
     if stage == "vpgc":  # the paper's start: zero projections (= the base MLLM), queries copied from the VPG
         model.vpgc.reset_parameters()
         model.vpgc.init_queries_from(model.vpg)
-    model.train(True)
+    model.use_precision(compute_dtype).train(True)
     loss_fn = ResponseLoss(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
@@ -278,7 +272,7 @@ def _train(
     wrapped = distributed.wrap(loss_fn, decoder_layers(model.llm), context, settings.strategy)
     heldout = data.heldout_examples()
     if heldout_before is None and heldout:
-        heldout_before = heldout_loss(loss_fn, heldout, data.image_root, stage_settings.micro_batch, autocast)
+        heldout_before = heldout_loss(loss_fn, heldout, data.image_root, stage_settings.micro_batch)
     if to_mlflow:
         mlflow.log_params(
             {f"train.{k}": v for k, v in dataclasses.asdict(stage_settings).items()}
@@ -286,7 +280,7 @@ def _train(
                 "train.stage": stage,
                 "train.steps_run": steps,
                 "train.world_size": context.world_size,
-                "train.precision": "bfloat16" if use_bf16 else "float32",
+                "train.precision": precision_name(compute_dtype),
                 "train.strategy": settings.strategy,
                 "train.trainable_parameters": sum(p.numel() for p in trainable),
                 "train.data_sizes": data.sizes(),
@@ -315,9 +309,8 @@ def _train(
                 # Gradients sync across ranks on the last micro-batch only (DDP's no_sync before it).
                 sync = index == len(micro) - 1 or not context.distributed
                 with nullcontext() if sync else wrapped.no_sync():
-                    with autocast():
-                        summed = wrapped([layouts[i] for i in part], pixels_of(model, [examples[i] for i in part],
-                                                                               data.image_root))  # fmt: skip
+                    summed = wrapped([layouts[i] for i in part], pixels_of(model, [examples[i] for i in part],
+                                                                           data.image_root))  # fmt: skip
                     # DDP averages over ranks, hence * world_size: the result is sum / global target tokens.
                     (summed * context.world_size / global_tokens).backward()
                 loss_sum += summed.detach()
@@ -367,9 +360,7 @@ def _train(
     elapsed = time.perf_counter() - began
 
     # ---- 7. the final model, held-out loss after, summary, MLflow model
-    heldout_after = (
-        heldout_loss(loss_fn, heldout, data.image_root, stage_settings.micro_batch, autocast) if heldout else None
-    )
+    heldout_after = heldout_loss(loss_fn, heldout, data.image_root, stage_settings.micro_batch) if heldout else None
     trained = steps - start
     result = TrainResult(
         stage=stage,

@@ -102,7 +102,7 @@ def generate_ids(
     size = batch.attention_mask.shape[0]
     cache = DynamicCache(config=llm.config)
 
-    logits = model(batch, features, cache=cache, logits_to_keep=1).logits[:, -1]  # prefill, VPG-C runs here
+    logits = model(batch, features, cache=cache, logits_to_keep=1).logits[:, -1].float()  # prefill: VPG-C runs here
     prefilled = _clock(device)
     mask = batch.attention_mask
     positions = batch.position_ids[:, -1:]
@@ -124,13 +124,17 @@ def generate_ids(
         tokens = torch.tensor([pad if done else t for done, t in zip(finished, tokens.tolist(), strict=True)])
         mask = torch.cat([mask, mask.new_ones(size, 1)], dim=1)
         positions = positions + 1
-        logits = llm(
-            input_ids=tokens[:, None].to(mask.device),
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **cache_argument(llm, cache),
-        ).logits[:, -1]
+        logits = (
+            llm(
+                input_ids=tokens[:, None].to(mask.device),
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **cache_argument(llm, cache),
+            )
+            .logits[:, -1]
+            .float()
+        )
         stats.decode_steps += 1
     end = _clock(device)
     stats.prefill_s += prefilled - start

@@ -6,6 +6,10 @@
 
 Components and their freeze modes come from `ModelConfig` (`llm`, `vision`, `vpg`, `vpgc`); frozen components stay
 in eval mode even when the model trains. `vpgc_enabled = False` gives the backbone alone ("backbone only").
+`use_precision(torch.bfloat16)` stores the frozen backbones in bf16; the VPG and VPG-C keep float32 weights (they are
+trained, small, and their checkpoints must not depend on the compute dtype). Tensors change dtype only where they
+cross between the two (pixels into the encoder, features into the Q-Former, visual tokens and the VPG-C residual
+into the LLM): no autocast, which measured no faster here and casts on every call.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class VPGCModel(nn.Module):
         self.vpgc_enabled = config.vpgc_enabled
         self.tokenizer = tokenizer
         self.image_processor = ImageProcessor(config.vision)
+        self.compute_dtype = torch.float32
         for name in COMPONENTS:
             getattr(self, name).requires_grad_(config.trainable(name))
         self.train(False)
@@ -97,6 +102,15 @@ class VPGCModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.vpgc.output_proj.weight.device
+
+    def use_precision(self, dtype: torch.dtype) -> VPGCModel:
+        """Store the frozen pretrained backbones (LLM, vision encoder) in `dtype`, once: the bulk of the compute
+        then runs in it. Trainable backbones keep float32 weights (their optimiser needs the masters)."""
+        self.compute_dtype = dtype
+        for name in ("llm", "vision"):
+            if not self.config.trainable(name):
+                getattr(self, name).to(dtype)
+        return self
 
     # ------------------------------------------------------------------------------------------------ inputs
 
@@ -163,11 +177,12 @@ class VPGCModel(nn.Module):
         batch: PromptBatch,
         features: torch.Tensor,
         cache: Any = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
     ) -> CausalLMOutputWithPast:
         """One full-sequence pass (training, scoring, or the generation prefill) with VPG-C when enabled.
 
-        Returns the LLM output: logits (B, T or logits_to_keep, V), loss when `batch.labels` is set, the cache.
+        Returns the LLM output: logits (B, T or logits_to_keep, V), or (N, V) for a boolean (B, T) `logits_to_keep`
+        (the N positions it marks, row by row); loss when `batch.labels` is set; the cache.
         """
         run_vpgc = self.vpgc_enabled and features.shape[0] > 0
         armed = (

@@ -34,7 +34,8 @@ class VisualPromptGenerator(nn.Module):
     def run_qformer(self, queries: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Q-Former query branch: queries (M or 1, Q, Dq) cross-attend features (M, N, Dv) -> (M, Q, Dq)."""
         queries = queries.expand(features.shape[0], -1, -1)
-        return self.qformer(query_embeds=queries, encoder_hidden_states=features).last_hidden_state
+        dtype = self.query_tokens.dtype  # features may come from a bf16 encoder
+        return self.qformer(query_embeds=queries.to(dtype), encoder_hidden_states=features.to(dtype)).last_hidden_state
 
     def cross_attention(self, queries: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Where queries (M or 1, Q, Dq) look in features (M, N, Dv): the Q-Former's cross-attention averaged over
