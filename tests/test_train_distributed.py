@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -88,6 +89,8 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_weights(synth, tmp_path)
                              text=True)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert '"resumed_from": ' in resumed.stdout and '"resumed_from": null' not in resumed.stdout
+    # what the loader yielded over the whole run, the steps before the kill included (metrics/train-*.json)
+    assert json.loads(resumed.stdout.split("mlflow run:")[0])["samples_seen"] == {"SynthCaption": 2 * steps}
 
     uninterrupted = train(experiment, "align", synth, tmp_path / "uninterrupted")
     reference = load_file(uninterrupted.final / WEIGHTS_FILE)

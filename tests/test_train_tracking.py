@@ -100,7 +100,9 @@ def test_flow_main_reads_params_yaml(synth, tmp_path, prefect_api):
         assert done.returncode == 0, done.stderr[-3000:]
     summary = yaml.safe_load((tmp_path / "runs/vpgc-synthetic/summary.json").read_text())
     assert summary["steps"] == 1
-    assert (tmp_path / "metrics/train-vpgc-synthetic.json").is_file()
+    # the DVC metrics say what each variant trained on: the loader's yield per task (here 1 step of the mix)
+    metrics = json.loads((tmp_path / "metrics/train-vpgc-synthetic.json").read_text())
+    assert metrics["samples_seen"] == {"SynthDifference": 2}
     # vpgc started from the align stage's output: its final checkpoint carries that VPG.
     aligned = load_file(tmp_path / "runs/backbone/final" / WEIGHTS_FILE)
     final = load_file(tmp_path / "runs/vpgc-synthetic/final" / WEIGHTS_FILE)

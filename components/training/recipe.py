@@ -65,7 +65,7 @@ class TrainResult:
     seconds: float
     samples_per_s: float
     resumed_from: int | None = None
-    samples_seen: dict[str, int] = dataclasses.field(default_factory=dict)  # per task, the steps run here
+    samples_seen: dict[str, int] = dataclasses.field(default_factory=dict)  # per task, over all steps
     run_id: str | None = None
     model_uri: str | None = None
 
@@ -293,7 +293,9 @@ def _train(
 
     # ---- 6. the loop
     began = time.perf_counter()
-    seen: Counter[str] = Counter()  # what the loader yielded, per task: the mix as trained, not as configured
+    # What the loader yields per task over the whole run: the mix as trained, not as configured. The stream is a
+    # function of the step, so a resumed run counts the steps before it too and reports what a whole run does.
+    seen = Counter(example.task for step in range(start) for example in data.global_batch(step))
     progress = tqdm(range(start, steps), desc=f"train {stage}", disable=not context.is_main, unit="step")
     for step in progress:
         tick = time.perf_counter()
