@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from components.evaluation import served_cli
+
 # Kept literal (equal to scorers.SCORERS, checked by the tests) so `--help` imports no numpy.
 SCORERS = ("parity", "strict")
 
@@ -34,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", choices=("core", "full"), default="core", help="DEMON split (default: core)")
     parser.set_defaults(handler=run_score)
     register_evaluate(subparsers)
+    served_cli.register_agree(subparsers)
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -61,10 +64,12 @@ models (--model):
   <checkpoint folder>         weights.safetensors + config.yaml, written by training
   models:/<name>@<alias>      an MLflow model (or runs:/<run id>/<path>)
   hf:<hub id or folder>       a Hugging Face image-text-to-text model with a chat template
+  openai:<base url>#<name>    a served model (vLLM, SGLang, llama.cpp, hosted APIs): see "served models" below
 
 subcommands (instead of running a model):
   demonlab evaluate merge --bundle DIR --bundle DIR ... --out DIR     parts of one evaluation -> one bundle
   demonlab evaluate compare --bundle LABEL=DIR ... --out DIR          bundles side by side (ablations)
+  demonlab agree --model hf:X --model openai:URL#X --data D --out DIR  two backends of one model, answer by answer
 """
 
 
@@ -83,6 +88,7 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="run a model over DEMON: predictions, scores and a report (also: evaluate merge | compare)",
         description=EVALUATE_HELP,
+        epilog=served_cli.SERVED_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", help="experiment config, checkpoint folder, models:/name@alias or hf:<id>")
@@ -121,6 +127,7 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--compare-run", action="append", default=[], metavar="RUN_ID", help="an MLflow run to show beside ours"
     )
+    served_cli.add_served_arguments(parser)
     parser.set_defaults(handler=run_evaluate)
     commands = parser.add_subparsers(dest="evaluate_command", metavar="{merge,compare}")
     merge = commands.add_parser(
@@ -168,7 +175,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         cache=False if args.no_cache else None,
     )
     results = evaluate(
-        args.model,
+        served_cli.model_argument(args.model, args, settings.image_placement, args.blind),
         args.data,
         args.out,
         settings,
@@ -183,6 +190,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     if results is not None:  # rank 0
         _print_results(results, args.out)
+        served_cli.print_usage(results)
     return 0
 
 

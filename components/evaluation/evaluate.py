@@ -81,8 +81,12 @@ def evaluate(
         torch.manual_seed(settings.seed)
         adapter = load_adapter(model, vpgc=vpgc, device=device, image_placement=settings.image_placement, blind=blind,
                                prompt=settings.prompt)  # fmt: skip
+    if adapter.batch_size is not None:  # a served model: as many requests at once as keep its slots busy
+        settings = settings.replace(batch_size=adapter.batch_size)
     loaded = time.perf_counter()
     cache = ResponseCache((cache_path or default_cache_path()) if settings.cache else None)
+    if settings.cache:
+        adapter.use_cache(cache, generation_key(generation_settings(settings, adapter)))
     requests = build_requests(selected, image_root)
     try:
         records, stats = run_inference(adapter, [r for _, r in requests], settings, cache, rank, world, progress,

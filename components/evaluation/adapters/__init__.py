@@ -10,6 +10,8 @@ Model specs (`load_adapter`):
 - `experiments/<name>.yaml`: a VPG-C experiment config (`model:` section), weights as the config names them;
 - a checkpoint folder (`weights.safetensors` + `config.yaml`, written by training);
 - `models:/<name>@<alias>` or `runs:/<run id>/<path>`: an MLflow model, downloaded to a checkpoint folder;
+- `openai:<base url>#<model name>`: a model behind an OpenAI-compatible chat-completions server (vLLM, SGLang,
+  llama.cpp, hosted APIs), one request per sample with bounded concurrency and retries (`openai_chat.py`);
 - `hf:<hub id or local folder>`: any model with a chat template that `AutoProcessor` + `AutoModelForImageTextToText`
   load. The processor is probed once (`probe_feeding`): a chat template that renders images where they are gets
   the prompt interleaved, one that gathers them gets the DEMON paper's fallback (all images first, `[Image k]`
@@ -46,12 +48,14 @@ from components.evaluation.adapters.hf import (
     image_only_processor_class,
     render_hf_content,
 )
+from components.evaluation.adapters.openai_chat import OPENAI_PREFIX, OpenAIAdapter, ServeOptions
 from components.evaluation.adapters.vpgc import VPGCAdapter
 
 MLFLOW_PREFIXES = ("models:/", "runs:/")
 UNKNOWN_SPEC_HELP = (
     "give an experiment config (experiments/<name>.yaml), a checkpoint folder (weights.safetensors + config.yaml), "
-    "an MLflow model (models:/<name>@<alias>, runs:/<run id>/<path>) or a Hugging Face model (hf:<id or folder>)"
+    "an MLflow model (models:/<name>@<alias>, runs:/<run id>/<path>), a Hugging Face model (hf:<id or folder>) or a "
+    "served one (openai:<base url>#<model name>)"
 )
 
 
@@ -68,9 +72,15 @@ def load_adapter(
     image_placement: str = "auto",
     blind: bool = False,
     prompt: str = "training",
+    served: ServeOptions | None = None,
 ) -> ModelAdapter:
     """The model a spec names (see the module docstring); `vpgc` switches VPG-C on or off (None: as configured);
-    `blind` withholds the images (the blind control); `prompt` is the VPG-C prompt preset (`eval.prompt`)."""
+    `blind` withholds the images (the blind control); `prompt` is the VPG-C prompt preset (`eval.prompt`);
+    `served`: how requests reach a served model (default `ServeOptions()`)."""
+    if spec.startswith(OPENAI_PREFIX):
+        if vpgc is not None or prompt != "training":
+            raise UserError("--vpgc and eval.prompt apply to VPG-C models only; a served model uses its own template")
+        return OpenAIAdapter(spec, served, image_placement, blind)
     if spec.startswith(HF_PREFIX):
         if vpgc is not None:
             raise UserError(f"{spec}: --vpgc applies to VPG-C models only; leave it out for Hugging Face models")
@@ -111,8 +121,11 @@ __all__ = [
     "HFAdapter",
     "Loaded",
     "ModelAdapter",
+    "OPENAI_PREFIX",
+    "OpenAIAdapter",
     "Request",
     "SampleError",
+    "ServeOptions",
     "VPGCAdapter",
     "first_line",
     "image_only_processor_class",

@@ -9,13 +9,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from components.demon.schema import Part
 from components.vpgc.generation import GenerationSettings
+
+if TYPE_CHECKING:
+    from components.evaluation.cache import ResponseCache
 
 BLANK_GREY = (128, 128, 128)  # a blind control's images: mid-grey, ~0 after the usual mean-0.5 normalisation
 
@@ -70,6 +73,7 @@ class ModelAdapter(ABC):
     kind: str
     default_max_new_tokens: int
     interleaved: bool = True
+    batch_size: int | None = None  # the adapter's own samples per `generate` call, over eval.batch_size (served models)
 
     def __init__(self, spec: str, config: dict[str, Any], module: nn.Module, blind: bool = False) -> None:
         self.spec = spec
@@ -97,6 +101,10 @@ class ModelAdapter(ABC):
 
         images = [open_rgb(path) for path in request.image_paths()]
         return [Image.new("RGB", image.size, BLANK_GREY) for image in images] if self.blind else images
+
+    def use_cache(self, cache: ResponseCache, generation_key: str) -> None:  # noqa: B027 (optional hook)
+        """Given the run's response cache before any sample: an adapter that answers one request at a time (a
+        served model) stores each answer as it arrives; the runner stores a batch's answers after the batch."""
 
     @property
     def device(self) -> torch.device:
