@@ -1,5 +1,7 @@
 """Test-wide settings (quiet, offline, the environment's executables first), shared server fixtures, and the skip
-rule: in CI (`CI=true`) a skipped test fails the run; elsewhere its reason says how to install what is missing."""
+rule: where skips are not allowed (`DEMONLAB_NO_SKIPS=1`, which `.ci/run` sets itself, or a CI runner's `CI=true`) a
+test skipped at run time or a module skipped at collection fails the run; elsewhere the reason says how to install
+what is missing."""
 
 import os
 import sys
@@ -43,6 +45,25 @@ INSTALL_HINTS = {
 }
 
 
+def _no_skips() -> bool:
+    # CI must run every test: a missing program there is a broken CI image, not a reason to pass quietly
+    return os.environ.get("DEMONLAB_NO_SKIPS") == "1" or os.environ.get("CI") == "true"
+
+
+NO_SKIPS_HINT = "skips fail here (DEMONLAB_NO_SKIPS=1 or CI=true); .ci/run installs what the tests need"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """A module skipped at collection (`pytest.skip(allow_module_level=True)`, `importorskip`) counts as a skip."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and _no_skips():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"{collector.nodeid}: skipped at collection ({reason}); {NO_SKIPS_HINT}"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
@@ -50,10 +71,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if not report.skipped or hasattr(report, "wasxfail") or not isinstance(report.longrepr, tuple):
         return
     path, line, reason = report.longrepr
-    if os.environ.get("CI") == "true":
-        # CI must run every test: a missing program there is a broken CI image, not a reason to pass quietly
+    if _no_skips():
         report.outcome = "failed"
-        report.longrepr = f"{path}:{line}: skipped in CI ({reason}); .ci/run installs what the tests need"
+        report.longrepr = f"{path}:{line}: skipped ({reason}); {NO_SKIPS_HINT}"
         return
     hints = [hint for name, hint in INSTALL_HINTS.items() if name.lower() in reason.lower() and hint not in reason]
     if hints:
