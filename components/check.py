@@ -4,7 +4,8 @@ weights or downloading anything, and prints the plan it describes.
     demonlab check --config experiments/vicuna7b.yaml [--data data/synth] [--peak-tflops 312] [--mfu 0.4]
 
 What is checked, all at once (every problem is listed, exit 2 when there is any):
-- each section with its own package's validator (`model`, `synth`, `train`, `eval`), and no unknown section;
+- each section with its own package's validator (`model`, `synth`, `train`, `eval`: `components.experiment.
+  validate_experiment`, the validation every command runs), and no unknown section;
 - every referenced file and folder exists; a value that is not a local path must be a hub id (`owner/name`) that is
   already in the Hugging Face cache, since a run that starts by downloading 13 GB is not what `check` promises;
 - the step budget (warm-up, checkpoints and logging within the steps) and, for the data each stage would read
@@ -23,13 +24,12 @@ import argparse
 import glob
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from components.errors import UserError
 
-SECTIONS = ("model", "synth", "train", "eval")
+REQUIRED = ("model", "synth", "train")  # the pipeline runs every one; `eval` may take its defaults
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 TEXT_TOKENS = 64  # instruction + response tokens of a typical training sample (a caption, an edit sentence)
@@ -40,9 +40,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = subparsers.add_parser(
         "check",
         help="validate a whole experiment (no weights loaded, nothing downloaded) and print its plan",
-        description="Validate every section of an experiment config, every path and model id it names, the step "
-        "budget, the data mix against the data it would read, and the evaluation; print the plan with an estimate "
-        "of GPU-hours. Exit 2 with every problem listed.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Validate an experiment config before any compute, print its plan with an estimate of GPU-hours.
+
+What is validated (every problem at once, one line each: `<key path>: <what is wrong>, got <value>`; exit 2):
+  the file       YAML syntax (file:line), a mapping, only the sections model, synth, train, eval
+  each section   against its schema (docs/config.md): types, ranges, enums, required keys, unknown keys
+                 (with a did-you-mean); the same validation every command runs when it loads an experiment
+  across fields  the VPG-C layer exists in the LLM; every mix task exists (DEMON or synthetic) or names its own
+                 folder; warm-up shorter than the run, min_lr <= lr; query and hidden sizes fit the weights
+                 named; the Q-Former reads the vision encoder's width; the synth steps fit their source
+  paths          every file and folder named exists; a hub id must already be in the Hugging Face cache
+  budget, data   checkpoints and logging within the steps; with --data, every mix task has more samples than
+                 train.heldout (and the epochs each is walked)
+  evaluation     the prompt preset fits the model's chat template""",
     )
     check.add_argument("--config", type=Path, required=True, help="experiments/<name>.yaml")
     check.add_argument("--data", type=Path, help="the training data folder (samples.parquet) to count the mix against")
@@ -65,34 +76,18 @@ def check_experiment(
     path: Path, data: Path | None = None, flops_per_s: float = 312e12 * 0.4
 ) -> tuple[list[str], list[str]]:
     """(plan lines, problems) of the experiment at `path`; `data` is the training folder `--data` would name."""
-    from components.evaluation.settings import eval_settings_from_dict
-    from components.experiment import load_experiment
-    from components.synth.config import synth_config_from_dict
-    from components.training.config import train_settings_from_dict
-    from components.vpgc.config import model_config_from_dict
-
-    problems: list[str] = []
-
-    def validated(name: str, build: Callable[[Any, str], Any], required: bool = True) -> Any:
-        if name not in document:
-            if required:
-                problems.append(f"no `{name}:` section; see experiments/tiny.yaml for every key")
-            return None
-        try:
-            return build(document[name], name)
-        except UserError as error:
-            problems.append(str(error))
-            return None
+    from components.evaluation.settings import EvalSettings
+    from components.experiment import read_experiment, validate_experiment
 
     try:
-        document = load_experiment(path)
+        document = read_experiment(path)
     except UserError as error:
         return [], [str(error)]
-    problems += [f"unknown section `{key}:`; sections are {list(SECTIONS)}" for key in document if key not in SECTIONS]
-    model = validated("model", model_config_from_dict)
-    synth = validated("synth", synth_config_from_dict)
-    train = validated("train", train_settings_from_dict)
-    evaluation = validated("eval", eval_settings_from_dict, required=False) or eval_settings_from_dict(None)
+    sections, problems = validate_experiment(document)
+    problems += [f"{name}: required section missing; see experiments/tiny.yaml for every key"
+                 for name in REQUIRED if name not in document]  # fmt: skip
+    model, synth, train = (sections.get(name) for name in REQUIRED)
+    evaluation = sections.get("eval") or EvalSettings()
 
     plan = [f"experiment {path}"]
     if model is not None:

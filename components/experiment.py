@@ -4,7 +4,8 @@
 Merge rule (`deep_merge`): sections merge key by key, but a mapping that is one value (a data mix, an edit-type
 table: `REPLACED_KEYS`) or a component spec switched to another `kind` is replaced whole by its override.
 
-Each package validates its own section (unknown keys are errors there); this module only reads and merges.
+Each package validates its own section against its dataclasses (`components.config_schema`); `load_experiment`
+runs every section's validation, so every command that loads an experiment refuses a broken one before it starts.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def plain(value: Any) -> Any:
 # edit-type table lists what to use (a key left out means "none of it"), so merging `{SynthCaption: 8}` into
 # `{SynthDifference: 4, SynthCaption: 4}` would silently keep the synthetic pairs in a captions-only variant.
 REPLACED_KEYS = frozenset({"mix", "edit_types"})
+# The sections an experiment may have; each package owns and validates its own (`validate_experiment`).
+SECTIONS = ("model", "synth", "train", "eval")
 
 
 def _replaces(key: str, base: Any, override: Mapping[str, Any]) -> bool:
@@ -56,18 +59,58 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[st
     return merged
 
 
-def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The whole experiment document with `overrides` (same nesting, e.g. `{"train": {"vpgc": {"lr": 1e-4}}}`)."""
+def read_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The experiment document with `overrides` merged, not yet validated; a `UserError` naming the file (and the
+    line, for YAML errors) when it is missing, unparsable, empty or not a mapping."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: experiment config not found; pick one of experiments/*.yaml")
     try:
         document = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise UserError(f"{path}: not valid YAML ({error})") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        reason = " ".join(str(getattr(error, "problem", None) or error).split())
+        raise UserError(f"{where}: not valid YAML: {reason}") from None
+    if document is None:
+        raise UserError(f"{path}: the file is empty; an experiment is a mapping of sections {list(SECTIONS)}")
     if not isinstance(document, dict):
-        raise UserError(f"{path}: expected a mapping of sections (model, synth, train, eval)")
+        raise UserError(f"{path}: expected a mapping of sections {list(SECTIONS)}, got a {type(document).__name__}")
     return deep_merge(document, overrides or {})
+
+
+def validate_experiment(document: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Each section present built by the package that owns it (None where it has problems), and every problem of
+    the document, one line each: unknown sections, each section's schema and cross-field rules."""
+    from components.config_schema import ConfigError, unknown_key
+    from components.evaluation.settings import eval_settings_from_dict
+    from components.synth.config import synth_config_from_dict
+    from components.training.config import train_settings_from_dict
+    from components.vpgc.config import model_config_from_dict
+
+    builders = {"model": model_config_from_dict, "synth": synth_config_from_dict, "train": train_settings_from_dict,
+                "eval": eval_settings_from_dict}  # fmt: skip
+    problems = [unknown_key("", key, value, SECTIONS) for key, value in document.items() if key not in SECTIONS]
+    built: dict[str, Any] = {}
+    for name, build in builders.items():
+        if name not in document:
+            continue
+        try:
+            built[name] = build(document[name], name)
+        except ConfigError as error:
+            problems += error.problems
+            built[name] = None
+    return built, problems
+
+
+def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The whole experiment document with `overrides` (same nesting, e.g. `{"train": {"vpgc": {"lr": 1e-4}}}`),
+    validated: a `ConfigError` lists every problem before anything is loaded or started."""
+    from components.config_schema import raise_problems
+
+    document = read_experiment(path, overrides)
+    raise_problems(validate_experiment(document)[1], str(path))
+    return document
 
 
 def section(document: Mapping[str, Any], name: str, path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -137,6 +137,20 @@ def _require_workspace() -> None:
         raise UserError("no dvc.yaml here: run this from the demonlab repository root")
 
 
+def _validate_params(assignments: list[str]) -> None:
+    """params.yaml as the run will see it (with --set) and every experiment its stages use, validated before any
+    server or stage starts: a broken config fails in a second, not an hour into the pipeline."""
+    from components.params import apply_assignments, validate_params
+
+    try:
+        params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise UserError(f"params.yaml: not valid YAML: {' '.join(str(error).split())}") from None
+    if isinstance(params, dict):
+        apply_assignments(params, parse_assignments(assignments), "params.yaml")
+    validate_params(params)
+
+
 def parse_assignments(pairs: list[str]) -> dict[str, object]:
     """`["a.b=3", "c=x"]` -> `{"a.b": 3, "c": "x"}` (values read as YAML, as `dvc exp run -S` does)."""
     overrides = {}
@@ -167,6 +181,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     _require_workspace()
     if args.parallel < 1:
         raise UserError(f"--parallel {args.parallel}: expected a number of stages, 1 or more")
+    _validate_params(args.set)
     if not args.set and (checked := _up_to_date(args.stages)):
         print(f"nothing to do: all {checked} stage(s) are up to date (DVC's judgement, as `dvc status` gives it)")
         for line in pipeline_summary(yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))):

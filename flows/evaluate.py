@@ -38,6 +38,7 @@ from components.evaluation.contrasts import label
 from components.evaluation.evaluate import evaluate
 from components.evaluation.settings import load_eval_settings
 from components.experiment import load_experiment
+from components.params import eval_overrides
 from components.tracking.runs import write_metrics
 from flows.entry import stage_main
 from flows.params import load_params
@@ -212,7 +213,7 @@ def main() -> None:
         groups = section.get("groups") or {}
         if args.group not in groups:
             raise UserError(f"params.yaml: evaluate.groups has no {args.group!r}; known: {sorted(groups)}")
-        overrides = {"eval": {k: section[k] for k in ("limit", "batch_size") if section.get(k) is not None}}
+        overrides = eval_overrides(section)
         evaluate_model(
             spec,
             p["data"]["normalized"],

@@ -14,22 +14,23 @@ PARAMS = Path("params.yaml")
 
 
 def load_params(path: Path = PARAMS) -> dict:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    """params.yaml, validated with every experiment its stages use (`components.params`): a stage refuses a broken
+    pipeline configuration before it touches any model, data or server."""
+    from components.params import validate_params
+
+    try:
+        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    validate_params(params, str(path))
+    return params
 
 
 def set_params(overrides: Mapping[str, Any], path: Path = PARAMS) -> None:
-    """Apply `{"train.max_steps": 20, ...}` to params.yaml as `dvc exp run -S` does (comments kept).
-
-    Only existing keys can be set, so a typo is an error instead of a silently ignored parameter.
-    """
+    """Apply `{"train.max_steps": 20, ...}` to params.yaml as `dvc exp run -S` does (comments kept)."""
     from dvc.utils.serialize import modify_yaml
 
+    from components.params import apply_assignments
+
     with modify_yaml(path) as document:
-        for dotted, value in overrides.items():
-            *parents, leaf = dotted.split(".")
-            node = document
-            for key in parents:
-                node = node.get(key) if isinstance(node, Mapping) else None
-            if not isinstance(node, Mapping) or leaf not in node:
-                raise UserError(f"{path}: no parameter `{dotted}`; `dvc params diff` or the file lists them")
-            node[leaf] = value
+        apply_assignments(document, overrides, str(path))

@@ -19,6 +19,7 @@ from pathlib import Path
 import mlflow
 from prefect import flow
 
+from components.params import CAPTIONS_OVERRIDES
 from components.synth.pipeline import generate_from_experiment
 from components.tracking.runs import write_metrics
 from flows.entry import stage_main
@@ -91,7 +92,7 @@ def main() -> None:
         limit=settings.get("limit"),
         # the pairs are chosen where the *aligned* VPG does not look, as in the paper (its VPG is pretrained)
         vpg_checkpoint=None if args.captions else settings.get("vpg_checkpoint"),
-        overrides={"synth": {"edits_per_image": 0}} if args.captions else None,
+        overrides=CAPTIONS_OVERRIDES if args.captions else None,
         metrics=f"metrics/{'captions' if args.captions else 'synth'}.json",
     )
 

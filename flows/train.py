@@ -20,6 +20,7 @@ from prefect import flow
 
 from components.errors import UserError
 from components.experiment import load_experiment
+from components.params import variant_overrides
 from components.tracking.runs import write_metrics
 from components.training.recipe import system_metrics, train
 from flows.entry import stage_main
@@ -74,10 +75,10 @@ def main() -> None:
         if args.variant not in variants:
             raise UserError(f"params.yaml: train.variants has no {args.variant!r}; known: {sorted(variants)}")
         data, target = p["synth"]["out"], out / f"vpgc-{args.variant}"
-        overrides = {"train": {"vpgc": variants[args.variant] or {}}}
+        overrides = variant_overrides(variants[args.variant])
         # only the main variant is registered: the alias must name the model the paper trains
         register_as = settings.get("register_as") if args.variant == settings.get("registered_variant") else None
-    has_align = bool(load_experiment(experiment).get("train", {}).get("align"))
+    has_align = bool(load_experiment(experiment, overrides).get("train", {}).get("align"))
     train_stage(
         experiment,
         args.stage,

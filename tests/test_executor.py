@@ -58,7 +58,7 @@ def toy_project(tmp_path: Path, prefect_api: str, name: str = "ws") -> tuple[Pat
         for stage, inputs in STAGES.items()
     }
     (ws / "dvc.yaml").write_text(yaml.safe_dump({"stages": dvc}, sort_keys=False))
-    (ws / "params.yaml").write_text(yaml.safe_dump({"experiment": "toy", "toy": {"seconds": 1}}))
+    (ws / "params.yaml").write_text(yaml.safe_dump({"toy": {"seconds": 1}}))
     run(["git", "add", "-A"], ws, env)
     run(["git", "commit", "-qm", "toy"], ws, env)
     return ws, {**env, "OMP_NUM_THREADS": "1"}

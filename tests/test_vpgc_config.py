@@ -52,12 +52,12 @@ def test_freeze_vocabulary_switches_the_vpg_on():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"vpgc_layer": 4}, "outside 1..3"),
-        ({"vpgc_lyer": 2}, "unknown key"),
-        ({"freeze": {"llm": "maybe"}}, "not `frozen` or `trainable`"),
-        ({"vision": {**tiny_dict()["vision"], "kind": "resnet"}}, "not one of"),
-        ({"vpg": {**tiny_dict()["vpg"], "qformer": {"encoder_hidden_size": 1408}}}, "does not match"),
-        ({"prompt": {"template": "alpaca"}}, "not one of"),
+        ({"vpgc_layer": 4}, r"model.vpgc_layer: must be a block of the LLM, 1..3"),
+        ({"vpgc_lyer": 2}, r"model.vpgc_lyer: unknown key \(did you mean vpgc_layer\?\)"),
+        ({"freeze": {"llm": "maybe"}}, "model.freeze.llm: expected one of 'frozen', 'trainable'"),
+        ({"vision": {**tiny_dict()["vision"], "kind": "resnet"}}, "model.vision.kind: expected one of"),
+        ({"vpg": {**tiny_dict()["vpg"], "qformer": {"encoder_hidden_size": 1408}}}, "encoder_hidden_size: must match"),
+        ({"prompt": {"template": "alpaca"}}, "model.prompt.template: expected one of"),
     ],
 )
 def test_bad_configs_say_what_is_wrong(change, message):
@@ -68,7 +68,7 @@ def test_bad_configs_say_what_is_wrong(change, message):
 def test_missing_or_sectionless_config_file(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_config(tmp_path / "nope.yaml")
-    (tmp_path / "x.yaml").write_text("train: {steps: 3}\n")
+    (tmp_path / "x.yaml").write_text("eval: {limit: 3}\n")
     with pytest.raises(UserError, match="no `model:` section"):
         load_config(tmp_path / "x.yaml")
 
@@ -97,4 +97,8 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path):
         text=True,
         timeout=120,
     )
-    assert result.returncode == 2 and "missing section `llm`" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 2
+        and "model.llm: required (a mapping), got nothing" in result.stderr
+        and "Traceback" not in result.stderr
+    )

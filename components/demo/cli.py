@@ -81,6 +81,10 @@ def run_demo(args: argparse.Namespace) -> int:
     models = offered_models(args.checkpoints, args.experiments)
     preferred = [str(args.checkpoints / PAPER_CHECKPOINT), str(args.experiments / "tiny.yaml")]
     model = args.model or next((m for m in preferred + models if m in models), "")
+    if model.endswith((".yaml", ".yml")):  # an experiment: validated before the server starts
+        from components.experiment import load_experiment
+
+        load_experiment(model)
     options = Options(
         model,
         models,

@@ -14,7 +14,8 @@
       image_placement: auto   # HF models: interleaved | first (all images first, [Image k] markers) | auto
       cache: true             # reuse responses from the response cache (false: recompute everything)
 
-Unknown keys and wrong types are `UserError`s naming the key, so a typo never falls back to a default silently.
+The dataclass below is the schema (`components.config_schema`): unknown keys, wrong types and out-of-range values are
+errors naming the key, so a typo never falls back to a default silently.
 """
 
 from __future__ import annotations
@@ -23,29 +24,27 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NotRequired, TypedDict, get_args
 
-from components.errors import UserError
+from components.config_schema import Bounds, Count, Positive, build
 
-Prompt = Literal["training", "release"]
+Prompt = Literal["training", "release"]  # components.vpgc.prompts.PRESETS (not imported: it needs torch)
 Decoding = Literal["greedy", "sample"]
 Placement = Literal["auto", "interleaved", "first"]
-PROMPTS: tuple[str, ...] = ("training", "release")  # components.vpgc.prompts.PRESETS (not imported: it needs torch)
-DECODINGS: tuple[str, ...] = ("greedy", "sample")
-PLACEMENTS: tuple[str, ...] = ("auto", "interleaved", "first")
+PROMPTS: tuple[str, ...] = get_args(Prompt)
 
 
 @dataclass(frozen=True)
 class EvalSettings:
     prompt: Prompt = "training"
     decoding: Decoding = "greedy"
-    max_new_tokens: int | None = None
-    top_p: float = 0.9
-    temperature: float = 1.0
+    max_new_tokens: Count | None = None
+    top_p: Annotated[float, Bounds(gt=0, le=1)] = 0.9
+    temperature: Positive = 1.0
     seed: int = 0
-    batch_size: int = 8
+    batch_size: Count = 8
     sort_by_length: bool = True
-    limit: int | None = None
+    limit: Count | None = None
     image_placement: Placement = "auto"
     cache: bool = True
 
@@ -58,37 +57,42 @@ class EvalSettings:
         return dataclasses.asdict(self)
 
 
-# (allowed types, check, what a valid value looks like)
-_CHECKS: dict[str, tuple[tuple[type, ...], Any, str]] = {
-    "prompt": ((str,), lambda v: v in PROMPTS, f"one of {list(PROMPTS)}"),
-    "decoding": ((str,), lambda v: v in DECODINGS, f"one of {list(DECODINGS)}"),
-    "max_new_tokens": ((int, type(None)), lambda v: v is None or v > 0, "a positive integer or null"),
-    "top_p": ((int, float), lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "temperature": ((int, float), lambda v: v > 0, "a positive number"),
-    "seed": ((int,), lambda v: True, "an integer"),
-    "batch_size": ((int,), lambda v: v > 0, "a positive integer"),
-    "sort_by_length": ((bool,), lambda v: True, "true or false"),
-    "limit": ((int, type(None)), lambda v: v is None or v > 0, "a positive integer or null"),
-    "image_placement": ((str,), lambda v: v in PLACEMENTS, f"one of {list(PLACEMENTS)}"),
-    "cache": ((bool,), lambda v: True, "true or false"),
-}
+class ModelEntry(TypedDict):
+    model: str  # a checkpoint folder, models:/<name>@<alias>, hf:<id> or an experiment file
+    vpgc: NotRequired[Literal["on", "off"] | bool]
+
+
+@dataclass(frozen=True)
+class BaselineParams:
+    """`params.yaml` `baseline:` (flows/score.py)."""
+
+    predictions: str
+    kinds: list[str]
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    out: str
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """`params.yaml` `evaluate:` (flows/evaluate.py): the models x views x task groups the pipeline evaluates."""
+
+    out: str = "data/eval"
+    report: str = "data/report"
+    limit: Count | None = None
+    batch_size: Count | None = None
+    groups: dict[str, Literal["all"] | list[str]] = dataclasses.field(default_factory=dict)
+    models: dict[str, str | ModelEntry] = dataclasses.field(default_factory=dict)
+    views: list[Literal["images", "blind"]] = dataclasses.field(default_factory=lambda: ["images"])
+    contrasts: list[str] | None = None  # `model[view] - model[view]`; null: the ablation's default family
 
 
 def eval_settings_from_dict(data: Mapping[str, Any] | None, where: str = "eval") -> EvalSettings:
-    """Validate an `eval:` mapping (missing keys take the defaults above)."""
-    if data is None:
-        return EvalSettings()
-    if not isinstance(data, Mapping):
-        raise UserError(f"{where}: expected a mapping of evaluation settings, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(_CHECKS))
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_CHECKS)}")
-    for key, value in data.items():
-        types, check, expected = _CHECKS[key]
-        is_bool = isinstance(value, bool)
-        if (is_bool and bool not in types) or not isinstance(value, types) or not check(value):
-            raise UserError(f"{where}.{key}: {value!r} is not {expected}")
-    return EvalSettings(**data)
+    """Validate an `eval:` mapping (missing keys take the defaults above); a `ConfigError` lists every problem."""
+    return EvalSettings() if data is None else build(EvalSettings, data, where)
 
 
 def load_eval_settings(document: Mapping[str, Any], path: str | os.PathLike[str]) -> EvalSettings:

@@ -41,7 +41,7 @@ from components.demon.schema import COLUMNS, SAMPLE_SCHEMA
 from components.errors import UserError
 from components.experiment import load_experiment, section
 from components.synth.attention import VisionSide
-from components.synth.config import EDIT_TYPES, SynthConfig, synth_config_from_dict
+from components.synth.config import CAPTION_TASK, DIFFERENCE_TASK, EDIT_TYPES, SynthConfig, synth_config_from_dict
 from components.synth.editors import EditError, build_editor
 from components.synth.filters import Candidate, build_filter
 from components.synth.planner import PlanError, build_planner
@@ -51,7 +51,6 @@ from components.synth.sources import Item, Skip, build_source, item_rng
 
 VERSION = 2  # bump when generation changes: journals of older runs are then not reused
 GENERATOR = "demonlab synth"
-DIFFERENCE_TASK, CAPTION_TASK = "SynthDifference", "SynthCaption"
 SHARDS, IMAGES = ".shards", "images"
 STEPS = ("load", "segment", "attention", "plan", "edit", "filter", "write")
 RUN_KEYS = ("seconds", "chunks_resumed")  # in the returned report only (the stage logs them to MLflow)

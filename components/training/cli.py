@@ -32,8 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
+    from components.experiment import load_experiment
     from components.tracking.runs import stage_run
     from components.training.recipe import system_metrics, train
+
+    load_experiment(args.config)  # a broken experiment fails here, before an MLflow run or a model exists
 
     params = {
         "config": str(args.config), "stage": args.stage, "data": str(args.data), "out": str(args.out),

@@ -19,31 +19,39 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, TypedDict
 
+from components.config_schema import Bounds, Count, Fraction, NonNegative, Positive, build, raise_problems, suggest
 from components.errors import UserError
 
 STAGES = ("align", "vpgc")
-PRECISIONS = ("auto", "float32", "bfloat16")
-STRATEGIES = ("ddp", "fsdp")
+Precision = Literal["auto", "float32", "bfloat16"]  # components.vpgc.precision.PRECISIONS (not imported: torch)
+Strategy = Literal["ddp", "fsdp"]
+
+
+class MixSource(TypedDict):
+    """A mix entry that reads its task from its own folder in the unified schema."""
+
+    samples: Count
+    data: str
 
 
 @dataclass(frozen=True)
 class StageSettings:
     """One stage's optimisation: AdamW, linear warm-up then cosine decay to `min_lr`, per-step data mix."""
 
-    steps: int
-    mix: dict[str, int | dict[str, Any]]  # task -> samples per global step, or {samples: n, data: folder}
-    lr: float = 2e-5
-    min_lr: float = 0.0
-    warmup_steps: int = 0
-    weight_decay: float = 0.05  # on matrices and queries; never on biases or norms (LAVIS's rule)
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = 1.0  # max global grad norm; null = no clipping
-    micro_batch: int = 8  # samples per forward/backward on one rank
-    checkpoint_every: int = 100  # steps; `DIR/step-XXXXXX/`
-    keep_checkpoints: int = 2  # newest step folders kept (the final model is always kept)
-    log_every: int = 1
+    steps: Count
+    mix: dict[str, Count | MixSource]  # task -> samples per global step, or {samples: n, data: folder}
+    lr: Positive = 2e-5
+    min_lr: Annotated[float, Bounds(ge=0)] = 0.0
+    warmup_steps: NonNegative = 0
+    weight_decay: Annotated[float, Bounds(ge=0)] = 0.05  # on matrices and queries; never on biases or norms (LAVIS)
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    grad_clip: Positive | None = 1.0  # max global grad norm; null = no clipping
+    micro_batch: Count = 8  # samples per forward/backward on one rank
+    checkpoint_every: Count = 100  # steps; `DIR/step-XXXXXX/`
+    keep_checkpoints: Count = 2  # newest step folders kept (the final model is always kept)
+    log_every: Count = 1
 
     @property
     def global_batch(self) -> int:
@@ -53,9 +61,9 @@ class StageSettings:
 @dataclass(frozen=True)
 class TrainSettings:
     seed: int = 0
-    precision: str = "auto"
-    strategy: str = "ddp"
-    heldout: int = 8
+    precision: Precision = "auto"
+    strategy: Strategy = "ddp"
+    heldout: NonNegative = 8
     align: StageSettings | None = None
     vpgc: StageSettings | None = None
 
@@ -72,6 +80,18 @@ class TrainSettings:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class TrainParams:
+    """`params.yaml` `train:`: where the training stages write, and the ablation's variants (flows/train.py); each
+    variant overrides the experiment's `train.vpgc` and is validated as such (`components.params`)."""
+
+    out: str
+    max_steps: Count | None = None
+    variants: dict[str, dict[str, Any] | None] = dataclasses.field(default_factory=dict)
+    registered_variant: str | None = None
+    register_as: str | None = None
+
+
 def mix_counts(mix: dict[str, Any]) -> dict[str, int]:
     """Samples per global step of each task of a (validated) mix."""
     return {task: entry if isinstance(entry, int) else entry["samples"] for task, entry in mix.items()}
@@ -82,59 +102,36 @@ def mix_folders(mix: dict[str, Any]) -> dict[str, str]:
     return {task: entry["data"] for task, entry in mix.items() if isinstance(entry, dict)}
 
 
-def _mix_entry(entry: Any) -> bool:
-    """A valid mix value: samples > 0, or {samples: > 0, data: a folder}."""
-    if isinstance(entry, dict):
-        return set(entry) == {"samples", "data"} and isinstance(entry["data"], str) and _mix_entry(entry["samples"])
-    return isinstance(entry, int) and not isinstance(entry, bool) and entry > 0
+def mix_tasks() -> tuple[str, ...]:
+    """The tasks a mix may name without its own folder: DEMON's (mini-DEMON writes the same) and the synthetic ones."""
+    from components.demon.registry import all_tasks
+    from components.synth.config import SYNTH_TASKS
+
+    return (*SYNTH_TASKS, *(task.folder for task in all_tasks()))
 
 
-def _check_keys(cls: type, data: Any, where: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    return dict(data)
-
-
-def _stage(data: Any, where: str) -> StageSettings:
-    values = _check_keys(StageSettings, data, where)
-    for required in ("steps", "mix"):
-        if required not in values:
-            raise UserError(f"{where}: missing `{required}`")
-    mix = values["mix"]
-    if not isinstance(mix, dict) or not mix or not all(_mix_entry(entry) for entry in mix.values()):
-        raise UserError(
-            f"{where}.mix: expected {{task: samples per step > 0}} (or {{task: {{samples: n, data: folder}}}}), "
-            f"e.g. {{SynthCaption: 64}}; got {mix}"
-        )
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
-    settings = StageSettings(**values)
-    positive = ("steps", "micro_batch", "checkpoint_every", "keep_checkpoints", "log_every")
-    for name in positive:
-        if getattr(settings, name) < 1:
-            raise UserError(f"{where}.{name}: must be >= 1, got {getattr(settings, name)}")
-    if settings.lr <= 0 or settings.min_lr < 0 or settings.min_lr > settings.lr:
-        raise UserError(f"{where}: need 0 <= min_lr <= lr and lr > 0 (lr {settings.lr}, min_lr {settings.min_lr})")
-    if not 0 <= settings.warmup_steps <= settings.steps:
-        raise UserError(f"{where}.warmup_steps: must be within 0..steps ({settings.steps})")
-    return settings
+def stage_problems(settings: StageSettings, where: str) -> list[str]:
+    """Rules between a stage's fields: a schedule that fits the run, a mix of tasks that exist."""
+    found = []
+    if not settings.mix:
+        found.append(f"{where}.mix: name at least one task, e.g. {{SynthCaption: 64}}, got {{}}")
+    known, folders = mix_tasks(), mix_folders(settings.mix)
+    for task in settings.mix:
+        if task not in known and task not in folders:
+            found.append(f"{where}.mix.{task}: no such task{suggest(task, known)}; use a DEMON or synthetic task, "
+                         f"or {{samples: n, data: folder}} for a folder of your own, got {task!r}")  # fmt: skip
+    if settings.min_lr > settings.lr:
+        found.append(f"{where}.min_lr: must be at most lr ({settings.lr:g}), got {settings.min_lr:g}")
+    if settings.warmup_steps >= settings.steps:
+        found.append(f"{where}.warmup_steps: the warm-up must be shorter than the run ({settings.steps} steps), "
+                     f"got {settings.warmup_steps}")  # fmt: skip
+    return found
 
 
 def train_settings_from_dict(data: Any, where: str = "train") -> TrainSettings:
-    """Validate the `train:` mapping; `where` (e.g. `experiments/tiny.yaml: train`) names the source in errors."""
-    values = _check_keys(TrainSettings, data, where)
-    for name in STAGES:
-        if values.get(name) is not None:
-            values[name] = _stage(values[name], f"{where}.{name}")
-    settings = TrainSettings(**values)
-    if settings.precision not in PRECISIONS:
-        raise UserError(f"{where}.precision: {settings.precision!r} is not one of {list(PRECISIONS)}")
-    if settings.strategy not in STRATEGIES:
-        raise UserError(f"{where}.strategy: {settings.strategy!r} is not one of {list(STRATEGIES)}")
-    if settings.heldout < 0:
-        raise UserError(f"{where}.heldout: must be >= 0")
+    """Validate the `train:` mapping (`where`: its key path in errors); a `ConfigError` lists every problem."""
+    settings = build(TrainSettings, data, where)
+    raise_problems(
+        [p for name in STAGES if (stage := getattr(settings, name)) for p in stage_problems(stage, f"{where}.{name}")]
+    )
     return settings

@@ -15,20 +15,23 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-import yaml
-
-from components.errors import UserError
-from components.experiment import plain
+from components.config_schema import Bounds, Count, Positive, build, raise_problems, show
+from components.experiment import load_experiment, plain, section
 
 FreezeMode = Literal["frozen", "trainable"]
-COMPONENTS = ("llm", "vision", "vpg", "vpgc")
-VISION_KINDS = ("eva_vit_g", "efficientnet_lite0")
-TEMPLATES = ("vicuna_v0", "llama2_chat", "chat_template")
-DTYPES = ("float32", "float16", "bfloat16")
+Component = Literal["llm", "vision", "vpg", "vpgc"]
+VisionKind = Literal["eva_vit_g", "efficientnet_lite0"]
+Template = Literal["vicuna_v0", "llama2_chat", "chat_template"]
+Dtype = Literal["float32", "float16", "bfloat16"]
+COMPONENTS: tuple[str, ...] = get_args(Component)
 # Feature width of each vision encoder: the Q-Former's cross-attention input size must match it.
 VISION_WIDTH = {"efficientnet_lite0": 1280}
+# The released weights' sizes, which a config naming them must have: BLIP-2's Q-Former (LAVIS .pth, `vpg.weights`)
+# and EVA ViT-g (`vision.weights` with kind eva_vit_g).
+BLIP2_QFORMER = {"num_query_tokens": 32, "qformer.hidden_size": 768}
+EVA_VIT_G_WIDTH = 1408
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class LLMConfig:
     arch: dict[str, Any]  # decoder config fields (`model_type` + shape), e.g. LlamaConfig's
     source: str | None = None
     tokenizer: str | None = None  # defaults to `source`
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     cache_dir: str | None = None  # plain safetensors copies of GGUF models; default ~/.cache/demonlab/llm
 
     @property
@@ -54,13 +57,13 @@ class LLMConfig:
 class VisionConfig:
     """The frozen image encoder: EVA ViT-g (`Blip2VisionModel`) or EfficientNet-Lite0."""
 
-    kind: str
+    kind: VisionKind
     weights: str | None = None  # LAVIS eva_vit_g.pth, or the EfficientNet state dict
-    image_size: int = 224
+    image_size: Count = 224
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # CLIP
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    std: tuple[Positive, Positive, Positive] = (0.26862954, 0.26130258, 0.27577711)
     arch: dict[str, Any] = field(default_factory=dict)  # Blip2VisionConfig fields (eva_vit_g only)
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
 
     @property
     def width(self) -> int:
@@ -74,7 +77,7 @@ class VPGConfig:
     """The visual prompt generator: a Q-Former with learned queries + a linear projection to the LLM width."""
 
     qformer: dict[str, Any]  # Blip2QFormerConfig fields
-    num_query_tokens: int = 32
+    num_query_tokens: Count = 32
     weights: str | None = None  # a LAVIS BLIP-2 .pth (Q-Former, queries, ln_vision), loaded through the key map
 
     @property
@@ -86,11 +89,11 @@ class VPGConfig:
 class PromptConfig:
     """How a conversation becomes text: the chat template, the end symbol and generation lengths."""
 
-    template: str = "chat_template"
+    template: Template = "chat_template"
     stop: tuple[str, ...] = ()  # strings that end a reply (the end symbol); EOS always stops
     end_symbol: str = ""  # appended to training targets (`###` for Vicuna v0, `</s>` for LLaMA-2)
-    max_new_tokens: int = 300
-    max_target_tokens: int = 160  # training targets are truncated to this many tokens
+    max_new_tokens: Count = 300
+    max_target_tokens: Count = 160  # training targets are truncated to this many tokens
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,8 @@ class ModelConfig:
     vpg: VPGConfig
     prompt: PromptConfig = PromptConfig()
     vpgc_enabled: bool = True
-    vpgc_layer: int | None = None  # None = L/2, the paper's choice
-    freeze: dict[str, str] = field(
+    vpgc_layer: Annotated[int, Bounds(ge=1)] | None = None  # None = L/2, the paper's choice
+    freeze: dict[Component, FreezeMode] = field(
         default_factory=lambda: {"llm": "frozen", "vision": "frozen", "vpg": "frozen", "vpgc": "trainable"}
     )
     checkpoint: str | None = None  # a released Cheetah .pth (LAVIS key names), applied after the backbones
@@ -125,87 +128,72 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Instantiate dataclass `cls` from a mapping, rejecting unknown keys and missing required ones."""
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        if name in ("mean", "std", "stop"):
-            value = tuple(value)
-        kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as error:  # a required key is missing
-        raise UserError(f"{where}: {error}") from None
+DEFAULT_FREEZE: dict[str, str] = {"llm": "frozen", "vision": "frozen", "vpg": "frozen", "vpgc": "trainable"}
 
 
-def model_config_from_dict(data: dict[str, Any], where: str = "model") -> ModelConfig:
-    """Build and validate a `ModelConfig` from the `model:` mapping; `where` names the source in errors."""
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
-    data = dict(data)
-    for key in ("llm", "vision", "vpg"):
-        if key not in data:
-            raise UserError(f"{where}: missing section `{key}`")
-    sections = {
-        "llm": _build(LLMConfig, data.pop("llm"), f"{where}.llm"),
-        "vision": _build(VisionConfig, data.pop("vision"), f"{where}.vision"),
-        "vpg": _build(VPGConfig, data.pop("vpg"), f"{where}.vpg"),
-    }
-    if "prompt" in data:
-        sections["prompt"] = _build(PromptConfig, data.pop("prompt"), f"{where}.prompt")
-    if "freeze" in data:
-        freeze = {"llm": "frozen", "vision": "frozen", "vpg": "frozen", "vpgc": "trainable"}
-        freeze.update(data.pop("freeze") or {})
-        sections["freeze"] = freeze
-    config = _build(ModelConfig, {**data, **sections}, where)
-    validate(config, where)
+def model_config_from_dict(data: Any, where: str = "model") -> ModelConfig:
+    """Build and validate a `ModelConfig` from the `model:` mapping (`where`: its key path in errors); a
+    `ConfigError` lists every problem."""
+    if isinstance(data, dict) and isinstance(data.get("freeze"), dict):  # a partial freeze keeps the defaults
+        data = {**data, "freeze": {**DEFAULT_FREEZE, **data["freeze"]}}
+    config = build(ModelConfig, data, where)
+    raise_problems(problems(config, where))
     return config
 
 
-def validate(config: ModelConfig, where: str = "model") -> None:
-    """Cross-field checks that would otherwise fail deep inside a forward pass."""
-    for component, mode in config.freeze.items():
-        if component not in COMPONENTS:
-            raise UserError(f"{where}.freeze: unknown component {component!r}; use {list(COMPONENTS)}")
-        if mode not in ("frozen", "trainable"):
-            raise UserError(f"{where}.freeze.{component}: {mode!r} is not `frozen` or `trainable`")
-    if "num_hidden_layers" not in config.llm.arch or "hidden_size" not in config.llm.arch:
-        raise UserError(f"{where}.llm.arch: needs at least `num_hidden_layers` and `hidden_size`")
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def problems(config: ModelConfig, where: str = "model") -> list[str]:
+    """Rules between fields, which would otherwise fail deep inside a forward pass or a weight load."""
+    found = []
+    for key in ("num_hidden_layers", "hidden_size"):
+        if not _positive_int(config.llm.arch.get(key)):
+            found.append(f"{where}.llm.arch.{key}: required (an integer >= 1), got {show(config.llm.arch.get(key))}")
+    if found:
+        return found
     if not 0 < config.layer < config.llm.num_layers:
-        raise UserError(
-            f"{where}.vpgc_layer: {config.layer} is outside 1..{config.llm.num_layers - 1} "
-            f"(the LLM has {config.llm.num_layers} blocks; null means L/2)"
-        )
-    if config.vision.kind not in VISION_KINDS:
-        raise UserError(f"{where}.vision.kind: {config.vision.kind!r} is not one of {list(VISION_KINDS)}")
+        found.append(f"{where}.vpgc_layer: must be a block of the LLM, 1..{config.llm.num_layers - 1} (it has "
+                     f"{config.llm.num_layers}; null = L/2), got {config.layer}")  # fmt: skip
     encoder_width = config.vpg.qformer.get("encoder_hidden_size", 1408)
     if encoder_width != config.vision.width:
-        raise UserError(
-            f"{where}.vpg.qformer.encoder_hidden_size: {encoder_width} does not match the vision encoder's "
-            f"feature width {config.vision.width}; set it to {config.vision.width}"
-        )
-    if config.prompt.template not in TEMPLATES:
-        raise UserError(f"{where}.prompt.template: {config.prompt.template!r} is not one of {list(TEMPLATES)}")
-    for key, dtype in (("llm", config.llm.dtype), ("vision", config.vision.dtype)):
-        if dtype not in DTYPES:
-            raise UserError(f"{where}.{key}.dtype: {dtype!r} is not one of {list(DTYPES)}")
+        found.append(f"{where}.vpg.qformer.encoder_hidden_size: must match the vision encoder's feature width "
+                     f"{config.vision.width}, got {show(encoder_width)}")  # fmt: skip
+    if config.vpg.weights is not None:  # BLIP-2's Q-Former: a config of other sizes cannot load it
+        actual = {"num_query_tokens": config.vpg.num_query_tokens, "qformer.hidden_size": config.vpg.hidden_size}
+        found += [f"{where}.vpg.{key}: vpg.weights names BLIP-2's Q-Former, of size {size}, got {show(actual[key])}"
+                  for key, size in BLIP2_QFORMER.items() if actual[key] != size]  # fmt: skip
+    if (
+        config.vision.kind == "eva_vit_g"
+        and config.vision.weights is not None
+        and config.vision.width != EVA_VIT_G_WIDTH
+    ):
+        found.append(f"{where}.vision.arch.hidden_size: vision.weights names EVA ViT-g, of width {EVA_VIT_G_WIDTH}, "
+                     f"got {show(config.vision.width)}")  # fmt: skip
+    found += _source_problems(config, where)
+    return found
+
+
+def _source_problems(config: ModelConfig, where: str) -> list[str]:
+    """`llm.arch` against the config.json of a local model folder `llm.source` names (read, nothing loaded)."""
+    import json
+
+    local = Path(config.llm.source or "").expanduser() / "config.json"
+    if not config.llm.source or not local.is_file():
+        return []
+    try:
+        named = json.loads(local.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [
+        f"{where}.llm.arch.{key}: {local} says {named[key]}, got {show(config.llm.arch[key])}"
+        for key in ("hidden_size", "num_hidden_layers", "vocab_size")
+        if key in named and key in config.llm.arch and named[key] != config.llm.arch[key]
+    ]
 
 
 def load_config(path: str | os.PathLike[str]) -> ModelConfig:
-    """Read `experiments/<name>.yaml` and return its `model:` section as a validated `ModelConfig`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found; pick one of experiments/*.yaml")
-    try:
-        document = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UserError(f"{path}: not valid YAML ({error})") from None
-    if not isinstance(document, dict) or "model" not in document:
-        raise UserError(f"{path}: no `model:` section; the model settings live under a top-level `model:` key")
-    return model_config_from_dict(document["model"], where=f"{path}: model")
+    """The `model:` section of an experiment (or a checkpoint's config.yaml) as a validated `ModelConfig`; the
+    whole file is validated first (`components.experiment.load_experiment`)."""
+    return model_config_from_dict(section(load_experiment(path), "model", path))
