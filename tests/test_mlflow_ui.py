@@ -17,7 +17,10 @@ from components.servers import free_port, server
 from components.tracking.runs import stage_run, write_metrics
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"),
+]
 
 
 def chromium(url: str, *flags: str) -> subprocess.CompletedProcess:

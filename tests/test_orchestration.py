@@ -14,6 +14,8 @@ from workspace import project_workspace, run
 
 from components.servers import background
 
+pytestmark = pytest.mark.slow  # a Prefect server, a worker and pipeline runs
+
 DEMONLAB = str(Path(sys.executable).with_name("demonlab"))
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 

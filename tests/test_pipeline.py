@@ -24,6 +24,8 @@ from components.servers import background
 from components.tracking.reconcile import RECONCILED_TAG
 from components.tracking.runs import workspace_key
 
+pytestmark = pytest.mark.slow  # the whole pipeline, run twice
+
 DEMONLAB = str(Path(sys.executable).with_name("demonlab"))
 DVC = [sys.executable, "-m", "dvc"]
 # every kind of stage at its smallest: a few scenes, two optimizer steps, one DEMON sample per task, one model

@@ -22,7 +22,10 @@ from components.demon.mini import build_mini_demon
 from components.servers import free_port, server
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not postgres.available(), reason="PostgreSQL (Debian package) is not installed")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not postgres.available(), reason="PostgreSQL (Debian package) is not installed"),
+]
 
 
 def test_stage_tracks_to_an_mlflow_server_on_postgresql_and_s3(tmp_path: Path, prefect_api: str) -> None:

@@ -21,6 +21,8 @@ from workspace import project_workspace
 
 from components.servers import background, free_port, wait_http
 
+pytestmark = pytest.mark.slow  # servers and pipelines, stopped by signals
+
 DEMONLAB = str(Path(sys.executable).with_name("demonlab"))
 
 
