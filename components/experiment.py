@@ -61,8 +61,16 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[st
 
 def read_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The experiment document with `overrides` merged, not yet validated; a `UserError` naming the file (and the
-    line, for YAML errors) when it is missing, unparsable, empty or not a mapping."""
-    path = Path(path)
+    line, for YAML errors) when it is missing, unparsable, empty or not a mapping.
+
+    `base: <name>` makes the file a change of `experiments/<name>.yaml` (beside it): the base's document with this
+    one merged on top by the merge rule, so an experiment states only how it differs (`small` extends `tiny`)."""
+    document = _read_document(Path(path), ())
+    return deep_merge(document, overrides or {})
+
+
+def _read_document(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """One file with its `base:` chain resolved (`seen`: the files that extend it, to refuse a cycle)."""
     if not path.is_file():
         raise UserError(f"{path}: experiment config not found; pick one of experiments/*.yaml")
     try:
@@ -76,7 +84,15 @@ def read_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] |
         raise UserError(f"{path}: the file is empty; an experiment is a mapping of sections {list(SECTIONS)}")
     if not isinstance(document, dict):
         raise UserError(f"{path}: expected a mapping of sections {list(SECTIONS)}, got a {type(document).__name__}")
-    return deep_merge(document, overrides or {})
+    base = document.pop("base", None)
+    if base is None:
+        return document
+    if not isinstance(base, str):
+        raise UserError(f"{path}: base: expected an experiment name (experiments/<name>.yaml), got {base!r}")
+    base_path = path.parent / f"{base}.yaml"
+    if base_path.resolve() in seen or base_path.resolve() == path.resolve():
+        raise UserError(f"{path}: base: {base} extends this file again (a cycle); point it at another experiment")
+    return deep_merge(_read_document(base_path, (*seen, path.resolve())), document)
 
 
 def validate_experiment(document: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:

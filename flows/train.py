@@ -54,7 +54,8 @@ def train_stage(
             write_metrics(
                 Path(metrics),
                 {"heldout_loss_before": result.heldout_loss_before, "heldout_loss_after": result.heldout_loss_after,
-                 "steps": result.steps, "samples_seen": result.samples_seen},
+                 "heldout_loss_swapped": result.heldout_loss_swapped, "steps": result.steps,
+                 "samples_seen": result.samples_seen},
             )  # fmt: skip
     return result.to_dict()
 

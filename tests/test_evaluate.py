@@ -16,6 +16,7 @@ from evaluate_helpers import ScriptedAdapter, mini_normalized, tiny_experiment
 from vpgc_tiny import tiny_model
 
 from components.cli import main
+from components.demon.registry import category_slug
 from components.demon.schema import official_prompt
 from components.errors import UserError
 from components.evaluation.adapters import Encoded, Request, VPGCAdapter, load_adapter
@@ -23,7 +24,7 @@ from components.evaluation.bundle import merge_bundles, read_bundle
 from components.evaluation.bundle_report import compare_bundles
 from components.evaluation.cache import ResponseCache
 from components.evaluation.evaluate import evaluate
-from components.evaluation.inference import category_slug, plan_batches, select_samples, shard
+from components.evaluation.inference import plan_batches, select_samples, shard
 from components.evaluation.runner import score_directory
 from components.evaluation.settings import EvalSettings, eval_settings_from_dict, load_eval_settings
 from components.experiment import load_experiment

@@ -8,10 +8,14 @@ instruction templates.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Literal
+
+from components.errors import UserError
 
 Split = Literal["core", "full"]
 QuestionType = Literal["open-ended", "multi-choice", "image-choice"]
@@ -101,3 +105,18 @@ def get_task(name: str) -> Task:
 def categories() -> tuple[str, ...]:
     """The seven categories, in the paper's order."""
     return tuple(dict.fromkeys(t.category for t in all_tasks()))
+
+
+def category_slug(category: str) -> str:
+    """`Multi-Image Reasoning` -> `multi-image-reasoning` (DVC stage names, output folders)."""
+    return re.sub(r"[^a-z0-9]+", "-", category.lower()).strip("-")
+
+
+def resolve_categories(names: Sequence[str]) -> list[str]:
+    """Category names or slugs -> category names; UserError listing the valid ones."""
+    by_key = {key: c for c in categories() for key in (c.lower(), category_slug(c))}
+    unknown = [n for n in names if n.strip().lower() not in by_key]
+    if unknown:
+        valid = ", ".join(f"{category_slug(c)} ({c})" for c in categories())
+        raise UserError(f"unknown categor(y/ies) {unknown}; use a slug or name: {valid}")
+    return [by_key[n.strip().lower()] for n in names]

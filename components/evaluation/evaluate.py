@@ -80,7 +80,7 @@ def evaluate(
         # run and every rank builds the same model (and the cache recognises it).
         torch.manual_seed(settings.seed)
         adapter = load_adapter(model, vpgc=vpgc, device=device, image_placement=settings.image_placement, blind=blind,
-                               prompt=settings.prompt)  # fmt: skip
+                               prompt=settings.prompt, precision=settings.precision)  # fmt: skip
     if adapter.batch_size is not None:  # a served model: as many requests at once as keep its slots busy
         settings = settings.replace(batch_size=adapter.batch_size)
     loaded = time.perf_counter()

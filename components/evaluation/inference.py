@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from components.demon.registry import categories, find_task
+from components.demon.registry import find_task, resolve_categories
 from components.demon.schema import sample_parts
 from components.errors import UserError
 from components.evaluation.adapters import Encoded, Loaded, ModelAdapter, Request, SampleError, first_line
@@ -38,21 +37,6 @@ from components.vpgc.generation import GenerationSettings
 
 OOM_TYPES: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)
 logger = logging.getLogger(__name__)
-
-
-def category_slug(category: str) -> str:
-    """`Multi-Image Reasoning` -> `multi-image-reasoning` (DVC stage names, output folders)."""
-    return re.sub(r"[^a-z0-9]+", "-", category.lower()).strip("-")
-
-
-def resolve_categories(names: Sequence[str]) -> list[str]:
-    """Category names or slugs -> category names; UserError listing the valid ones."""
-    by_key = {key: c for c in categories() for key in (c.lower(), category_slug(c))}
-    unknown = [n for n in names if n.strip().lower() not in by_key]
-    if unknown:
-        valid = ", ".join(f"{category_slug(c)} ({c})" for c in categories())
-        raise UserError(f"unknown categor(y/ies) {unknown}; use a slug or name: {valid}")
-    return [by_key[n.strip().lower()] for n in names]
 
 
 def select_samples(

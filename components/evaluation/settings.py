@@ -13,6 +13,8 @@
       limit: null             # at most this many samples per task (the first by sample_id); null = all
       image_placement: auto   # HF models: interleaved | first (all images first, [Image k] markers) | auto
       cache: true             # reuse responses from the response cache (false: recompute everything)
+      precision: auto         # VPG-C models: auto (bfloat16 on bf16 matrix units, components/vpgc/precision.py) |
+                              # float32 | bfloat16
 
 The dataclass below is the schema (`components.config_schema`): unknown keys, wrong types and out-of-range values are
 errors naming the key, so a typo never falls back to a default silently.
@@ -31,6 +33,7 @@ from components.config_schema import Bounds, Count, Positive, build
 Prompt = Literal["training", "release"]  # components.vpgc.prompts.PRESETS (not imported: it needs torch)
 Decoding = Literal["greedy", "sample"]
 Placement = Literal["auto", "interleaved", "first"]
+Precision = Literal["auto", "float32", "bfloat16"]  # components.vpgc.precision.PRECISIONS
 PROMPTS: tuple[str, ...] = get_args(Prompt)
 
 
@@ -47,6 +50,7 @@ class EvalSettings:
     limit: Count | None = None
     image_placement: Placement = "auto"
     cache: bool = True
+    precision: Precision = "auto"
 
     def replace(self, **changes: Any) -> EvalSettings:
         """A copy with `changes` (None values are ignored: an unset command-line option changes nothing)."""

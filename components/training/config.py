@@ -2,7 +2,7 @@
 
     train:
       seed: 0
-      precision: auto        # auto = bfloat16 autocast on CUDA, float32 on CPU | float32 | bfloat16
+      precision: auto        # auto: bfloat16 on bf16 matrix units (vpgc/precision.py), else float32 | float32
       strategy: ddp          # under torchrun: ddp (replicate) | fsdp (also shard the frozen decoder blocks)
       heldout: 8             # samples per task kept out of training: held-out loss before vs after
       align: {...}           # optional: train the VPG on captions (embedded default only)

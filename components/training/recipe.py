@@ -52,7 +52,7 @@ from components.vpgc.vpgc import decoder_layers
 
 FINAL = "final"
 SUMMARY = "summary.json"
-SUMMARY_FIELDS = ("stage", "final", "steps", "heldout_loss_before", "heldout_loss_after")  # TrainResult.summary
+SUMMARY_FIELDS = ("stage", "final", "steps", "heldout_loss_before", "heldout_loss_after", "heldout_loss_swapped")
 
 
 @dataclass
@@ -65,6 +65,9 @@ class TrainResult:
     seconds: float
     samples_per_s: float
     resumed_from: int | None = None
+    # The trained model's held-out loss with every sample's images swapped for another's: clearly above
+    # heldout_loss_after only if the model reads its images (the learning check "the VPG carries the image").
+    heldout_loss_swapped: float | None = None
     samples_seen: dict[str, int] = dataclasses.field(default_factory=dict)  # per task, over all steps
     run_id: str | None = None
     model_uri: str | None = None
@@ -136,16 +139,33 @@ def pixels_of(model: VPGCModel, examples: Sequence[Example], image_root: Path) -
     return torch.cat(tensors).to(model.device)
 
 
+def swapped_images(examples: list[Example]) -> list[Example]:
+    """Each example with the images of the next one that has as many images (cyclically, in order), so the text is
+    unchanged and only the pictures stop matching it; an example alone in its image count keeps its own."""
+    by_count: dict[int, list[int]] = {}
+    for index, example in enumerate(examples):
+        by_count.setdefault(len(example.images), []).append(index)
+    swapped = list(examples)
+    for indices in by_count.values():
+        for index, donor in zip(indices, indices[1:] + indices[:1], strict=True):
+            swapped[index] = dataclasses.replace(examples[index], images=examples[donor].images)
+    return swapped
+
+
 @torch.no_grad()
-def heldout_loss(loss_fn: ResponseLoss, examples: list[Example], image_root: Path, micro_batch: int) -> float:
-    """Mean token loss on the held-out samples (evaluation transform, every rank computes the same number)."""
+def heldout_loss(
+    loss_fn: ResponseLoss, examples: list[Example], image_root: Path, micro_batch: int, swap: bool = False
+) -> float:
+    """Mean token loss on the held-out samples (evaluation transform, every rank computes the same number);
+    `swap`: each sample sees another's images (`swapped_images`)."""
     model = loss_fn.model
     was_training = model.vpgc.training or model.vpg.training
     model.train(False)
     total, tokens = 0.0, 0
-    for chunk in chunks(examples, micro_batch):
+    for chunk, shown in zip(chunks(examples, micro_batch), chunks(swapped_images(examples) if swap else examples,
+                                                                  micro_batch), strict=True):  # fmt: skip
         layouts = model.layouts([e.conversation for e in chunk], [e.target for e in chunk])
-        total += float(loss_fn(layouts, pixels_of(model, chunk, image_root)))
+        total += float(loss_fn(layouts, pixels_of(model, shown, image_root)))
         tokens += sum(len(item.target_ids) for item in layouts)
     model.train(was_training)
     return total / max(tokens, 1)
@@ -363,6 +383,9 @@ def _train(
 
     # ---- 7. the final model, held-out loss after, summary, MLflow model
     heldout_after = heldout_loss(loss_fn, heldout, data.image_root, stage_settings.micro_batch) if heldout else None
+    heldout_swapped = (
+        heldout_loss(loss_fn, heldout, data.image_root, stage_settings.micro_batch, swap=True) if heldout else None
+    )
     trained = steps - start
     result = TrainResult(
         stage=stage,
@@ -370,6 +393,7 @@ def _train(
         steps=steps,
         heldout_loss_before=heldout_before,
         heldout_loss_after=heldout_after,
+        heldout_loss_swapped=heldout_swapped,
         seconds=elapsed,
         samples_per_s=trained * data.global_batch_size / elapsed if elapsed > 0 else 0.0,
         resumed_from=resumed_from,
@@ -381,6 +405,8 @@ def _train(
         figure = plot_losses(history, heldout_before, heldout_after, steps, out / "loss_curve.png")
         if to_mlflow:
             mlflow.log_metric("heldout_loss", heldout_after, step=steps)
+            if heldout_swapped is not None:
+                mlflow.log_metric("heldout_loss_swapped", heldout_swapped)
             mlflow.log_metrics({"train_seconds": result.seconds, "train_samples_per_s": result.samples_per_s})
             mlflow.log_metrics({f"samples_seen.{task}": float(n) for task, n in result.samples_seen.items()})
             mlflow.log_artifact(str(figure))

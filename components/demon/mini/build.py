@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -60,8 +61,8 @@ def _save(im: Image.Image, path: Path, ext: str) -> None:
         im.save(path, "PNG")  # Pillow writes no time chunk: byte-identical across runs
 
 
-def _render_task(task: Task, per_task: int, seed: int, dest: Path) -> int:
-    """Render one task into `dest/core/`; returns the number of image files written."""
+def _render_task(task: Task, per_task: int, seed: int, dest: Path, first_id: int = 0) -> int:
+    """Render one task into `dest/core/` (sample ids from `first_id`); returns the number of image files written."""
     generate, ext = GENERATORS[task.folder]
     templates = task.templates["core"]
     # A string seed goes through SHA-512 in `random.seed`: stable across processes and independent per task.
@@ -71,7 +72,7 @@ def _render_task(task: Task, per_task: int, seed: int, dest: Path) -> int:
     data, n_files = [], 0
     for sample_id in range(per_task):
         template_id = rng.randrange(len(templates))
-        sample = generate(Ctx(rng, template_id, templates, sample_id, ext))
+        sample = generate(Ctx(rng, template_id, templates, first_id + sample_id, ext))
         names: dict[int, str] = {}  # one file per distinct picture object (MMCoQA repeats its table)
         paths = []
         for im, fmt in sample.images:
@@ -85,7 +86,7 @@ def _render_task(task: Task, per_task: int, seed: int, dest: Path) -> int:
             instance["choice_list"] = sample.choice_list
         data.append(
             {
-                "sample_id": sample_id,
+                "sample_id": first_id + sample_id,
                 "task_instruction_id": template_id if sample.instruction_id is None else sample.instruction_id,
                 "task_instance": instance,
                 "response": sample.response,
@@ -115,9 +116,20 @@ def _swap_in(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def build_mini_demon(out: Path, per_task: int = 8, seed: int = 0, progress: bool = True) -> dict:
+def build_mini_demon(
+    out: Path,
+    per_task: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+    categories: Sequence[str] | None = None,
+    first_id: int = 0,
+) -> dict:
     """Render the mini benchmark into `out/<Folder>/core/core.json` + `out/<Folder>/core/images/`; returns
     {"tasks": {folder: n_samples}, "images": total_images, "skipped": bool}.
+
+    `categories` keeps only those DEMON categories' tasks; `first_id` numbers the samples from there. Another seed
+    and first id give a training split of the same tasks that shares no sample id (nor, in practice, an image)
+    with the benchmark (`data.mini_train`, the in-distribution upper bound).
 
     A re-run with the same `per_task`, `seed` and generator version over a complete output renders nothing
     and returns `skipped: True`. `out` may hold other files, but task folders there must be ours (a stamp
@@ -128,11 +140,13 @@ def build_mini_demon(out: Path, per_task: int = 8, seed: int = 0, progress: bool
         raise UserError(f"mini-DEMON: per_task must be a positive integer (e.g. --per-task 8), got {per_task!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UserError(f"mini-DEMON: seed must be an integer (e.g. --seed 0), got {seed!r}")
-    core = tasks("core")
+    core = [t for t in tasks("core") if categories is None or t.category in categories]
     missing = [t.folder for t in core if t.folder not in GENERATORS]
     if missing:  # the registry grew a task this generator does not know
         raise RuntimeError(f"mini-DEMON has no generator for {missing}")
     wanted = {"generator": "demonlab mini-DEMON", "version": VERSION, "per_task": per_task, "seed": seed}
+    if categories is not None or first_id:
+        wanted |= {"categories": sorted(categories or []), "first_id": first_id}
     stamp_path = out / STAMP
     stamp: dict | None = None
     if stamp_path.is_file():
@@ -159,7 +173,7 @@ def build_mini_demon(out: Path, per_task: int = 8, seed: int = 0, progress: bool
     for task in tqdm(core, desc="mini-DEMON", unit="task", disable=not progress):
         tmp = out / f".{task.folder}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
-        images += _render_task(task, per_task, seed, tmp)
+        images += _render_task(task, per_task, seed, tmp, first_id)
         _swap_in(tmp, out / task.folder)
         counts[task.folder] = per_task
     atomic.write_json(stamp_path, {**wanted, "complete": True, "tasks": counts, "images": images})

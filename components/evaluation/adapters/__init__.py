@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from components.errors import UserError
 from components.evaluation.adapters.base import (
     BLANK_GREY,
@@ -73,10 +75,12 @@ def load_adapter(
     blind: bool = False,
     prompt: str = "training",
     served: ServeOptions | None = None,
+    precision: str = "auto",
 ) -> ModelAdapter:
     """The model a spec names (see the module docstring); `vpgc` switches VPG-C on or off (None: as configured);
     `blind` withholds the images (the blind control); `prompt` is the VPG-C prompt preset (`eval.prompt`);
-    `served`: how requests reach a served model (default `ServeOptions()`)."""
+    `served`: how requests reach a served model (default `ServeOptions()`); `precision`: a VPG-C model's compute
+    precision (`eval.precision`, `components.vpgc.precision`)."""
     if spec.startswith(OPENAI_PREFIX):
         if vpgc is not None or prompt != "training":
             raise UserError("--vpgc and eval.prompt apply to VPG-C models only; a served model uses its own template")
@@ -89,8 +93,14 @@ def load_adapter(
         return HFAdapter.from_pretrained(spec, device, image_placement, blind)
     from components.vpgc.config import load_config
     from components.vpgc.model import VPGCModel
+    from components.vpgc.precision import resolve_precision
 
     changes = {} if vpgc is None else {"vpgc_enabled": vpgc}
+    dtype = resolve_precision(precision, torch.device(device))
+
+    def adapter(model: VPGCModel) -> VPGCAdapter:
+        return VPGCAdapter(spec, model.use_precision(dtype).eval(), blind, prompt)
+
     if spec.startswith(MLFLOW_PREFIXES):
         import mlflow
 
@@ -99,18 +109,17 @@ def load_adapter(
 
         mlflow.set_tracking_uri(tracking_uri())  # the workspace's store unless MLFLOW_TRACKING_URI names another
         directory = Path(download_checkpoint(spec))
-        return VPGCAdapter(spec, VPGCModel.from_checkpoint(directory, device=device, **changes).eval(), blind, prompt)
+        return adapter(VPGCModel.from_checkpoint(directory, device=device, **changes))
     path = Path(spec)
     if path.is_dir():
         if _is_checkpoint(path):
-            return VPGCAdapter(spec, VPGCModel.from_checkpoint(path, device=device, **changes).eval(), blind, prompt)
+            return adapter(VPGCModel.from_checkpoint(path, device=device, **changes))
         if (path / "config.json").is_file():
             raise UserError(f"{spec} looks like a Hugging Face model folder; pass it as hf:{spec}")
         raise UserError(f"{spec}: no weights.safetensors + config.yaml in this folder; {UNKNOWN_SPEC_HELP}")
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         config = load_config(path)
-        model = VPGCModel.from_config(config.replace(**changes) if changes else config, device=device)
-        return VPGCAdapter(spec, model.eval(), blind, prompt)
+        return adapter(VPGCModel.from_config(config.replace(**changes) if changes else config, device=device))
     raise UserError(f"model {spec!r} not found; {UNKNOWN_SPEC_HELP}")
 
 
