@@ -142,8 +142,10 @@ def build_chat(engine: Engine, options: Options) -> None:
                 seed = gr.Number(0, precision=0, label="seed")
         with gr.Column(scale=2):
             with gr.Row():
-                chat_on = gr.Chatbot(label=SIDES[True], elem_id="chat-on", height=320)
-                chat_off = gr.Chatbot(label=f"{SIDES[False]} (the backbone alone)", elem_id="chat-off", height=320)
+                # Plain text: a model's reply is shown as written (rendered as markdown/HTML, "<Img>" vanished)
+                chat_on = gr.Chatbot(label=SIDES[True], elem_id="chat-on", height=320, render_markdown=False)
+                chat_off = gr.Chatbot(label=f"{SIDES[False]} (the backbone alone)", elem_id="chat-off", height=320,
+                                      render_markdown=False)  # fmt: skip
             instruction = gr.Textbox(
                 label="Instruction",
                 lines=2,

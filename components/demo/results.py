@@ -15,6 +15,8 @@ sets it), newest first, and the page links the newest and the search for all of 
 
 from __future__ import annotations
 
+import html
+import re
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -150,9 +152,14 @@ def choices(bundle: Bundle) -> tuple[list[str], list[str]]:
     return sorted({r["category"] for r in rows}), sorted({r["task"] for r in rows})
 
 
+def verbatim(text: str) -> str:
+    """`text` escaped for markdown, so it shows as written: a model's `<Img>` or `*` is text, not markup."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~])", r"\\\1", html.escape(text, quote=False))
+
+
 def quoted(text: str) -> str:
-    """A markdown block quote: it wraps long lines, and a line break stays inside it."""
-    return "> " + text.replace("\n", "\n> ")
+    """`text` verbatim in a markdown block quote: it wraps long lines, and a line break stays inside it."""
+    return "> " + verbatim(text).replace("\n", "\n> ")
 
 
 def _prediction(name: str, bundle: Bundle, row: dict[str, Any]) -> list[str]:
@@ -179,7 +186,7 @@ def sample_markdown(a: Bundle, b: Bundle | None, uid: str) -> str:
     lines += ["**Instruction** (as the model got it)", "", quoted(official_prompt(sample))] if sample else [a.note]
     if row.get("choice_list"):
         lines.append("**Options:** " + " | ".join(f"`{c}`" for c in row["choice_list"]))
-    lines += ["", f"**Ground truth:** {row['response']}", ""]
+    lines += ["", f"**Ground truth:** {verbatim(row['response'])}", ""]
     lines += _prediction("A", a, row)
     if b is not None and uid in b.rows:
         lines += ["", *_prediction("B", b, b.rows[uid])]
