@@ -106,6 +106,7 @@ def test_runs_are_named_for_what_they_are(
     assert re.fullmatch(r"pipeline tiny( [0-9a-f]{7})?", pipeline_run_name("tiny"))
 
 
+@pytest.mark.slow  # an MLflow server and a browser
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_the_closing_comparison_url_shows_the_evaluated_runs(
     named_workspace: Path, monkeypatch: pytest.MonkeyPatch

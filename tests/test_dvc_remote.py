@@ -7,11 +7,13 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 from workspace import ROOT, project_workspace, run
 
 from components.servers import free_port
 
 DVC = [sys.executable, "-m", "dvc"]
+pytestmark = pytest.mark.slow  # a pipeline stage and an S3 server
 
 
 def test_push_to_local_and_s3_remotes_then_pull_into_a_fresh_clone(tmp_path: Path, prefect_api: str) -> None:

@@ -17,6 +17,7 @@ from components.quiet import QUIET
 
 DVC = [sys.executable, "-m", "dvc"]
 HINT = "`source .venv/bin/activate`"
+pytestmark = pytest.mark.slow  # pipeline stages under plain DVC
 
 
 @pytest.fixture(scope="module")

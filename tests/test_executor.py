@@ -82,6 +82,7 @@ def task_windows(prefect_api: str, stages: list[str]) -> dict[str, tuple[float, 
     return windows
 
 
+@pytest.mark.slow  # pipelines of a toy project
 def test_parallel_stages_overlap_and_write_the_lock_dvc_repro_writes(tmp_path: Path, prefect_api: str) -> None:
     ws, env = toy_project(tmp_path, prefect_api)
     done = run([DEMONLAB, "run", "--parallel", "2"], ws, env)
@@ -99,6 +100,7 @@ def test_parallel_stages_overlap_and_write_the_lock_dvc_repro_writes(tmp_path: P
     assert run([*DVC, "status"], ws, env).stdout.strip() == "Data and pipelines are up to date."
 
 
+@pytest.mark.slow
 def test_a_failed_branch_stops_only_its_dependants_and_the_rerun_does_what_is_left(
     tmp_path: Path, prefect_api: str
 ) -> None:
@@ -128,6 +130,7 @@ def test_a_failed_branch_stops_only_its_dependants_and_the_rerun_does_what_is_le
     assert (ws / "out" / "right.txt").read_text() == "rightroot"
 
 
+@pytest.mark.slow  # a server process
 def test_the_fork_server_runs_a_module_as_python_m_does(tmp_path: Path) -> None:
     (tmp_path / "probe.py").write_text(
         textwrap.dedent("""

@@ -123,6 +123,7 @@ def accounting(report: dict, out: Path) -> dict:
     return {"tasks": tasks, "totals": report["totals"], "quarantine": codes}
 
 
+@pytest.mark.slow  # an HTTP server process
 @pytest.mark.parametrize(
     ("archive", "checksum"), [("demon.tar.gz", True), ("demon.tar.gz", False), ("demon.zip", True)]
 )
@@ -157,6 +158,7 @@ def test_fetched_tree_accounts_like_the_source(
     assert fetched["tasks"]["VIST"]["error"] == direct["tasks"]["VIST"]["error"]
 
 
+@pytest.mark.slow
 def test_cli_fetch_then_strict_normalize_fails_on_the_broken_task(
     served: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:

@@ -28,6 +28,7 @@ from flows.tracking import LEASE_TAG, reconcile
 from flows.tracking import PROCESS_TAG as PREFECT_PROCESS_TAG
 
 HOST = socket.gethostname()
+pytestmark = pytest.mark.slow  # a Prefect server
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
