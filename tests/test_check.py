@@ -160,5 +160,21 @@ def test_a_mix_task_reads_its_own_folder(tmp_path: Path) -> None:
     for example in examples:
         folder = captions if example.task == "SynthCaption" else pairs
         assert all(Path(image).is_relative_to(folder.resolve()) and Path(image).is_file() for image in example.images)
+    # the caption task keeps its own seeded walk and held-out rows: what the folder alone gives it
+    alone = TrainData(captions, {"SynthCaption": 3}, heldout=2, seed=0)
+    for step in range(4):
+        walked = sorted(e.uid for e in data.global_batch(step) if e.task == "SynthCaption")
+        assert sorted(e.uid for e in alone.global_batch(step)) == walked
+    assert {e.uid for e in data.heldout_examples() if e.task == "SynthCaption"} == {
+        e.uid for e in alone.heldout_examples()
+    }
+    # resuming: a fresh loader's step 3 is the step 3 of the uninterrupted walk (the data position is the step);
+    # rank counts: every rank builds the same global batch and takes its slice (the recipe's split), so the
+    # slices of 1 and of 5 ranks hold the same samples
+    fresh = TrainData(pairs, mix, heldout=2, seed=0)
+    batches = [[(e.uid, e.crop_seed) for e in data.global_batch(step)] for step in range(4)]
+    assert [(e.uid, e.crop_seed) for e in fresh.global_batch(3)] == batches[3]
+    ranks = [TrainData(pairs, mix, heldout=2, seed=0).global_batch(2)[rank : rank + 1] for rank in range(5)]
+    assert [(e.uid, e.crop_seed) for part in ranks for e in part] == batches[2]
     with pytest.raises(UserError, match=r"captions: the mix names task\(s\) \['SynthDifference'\]"):
         TrainData(pairs, {"SynthDifference": {"samples": 2, "data": str(captions)}}, heldout=2, seed=0)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from synth_helpers import synth_config, tiny_model_doc
@@ -54,10 +55,16 @@ def hashes(paths: list[Path]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def worlds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Both worlds, checked whole: a glob below that stopped matching would compare nothing and pass."""
     mini = tmp_path_factory.mktemp("mini")
-    build_mini_demon(mini, per_task=8, seed=0, progress=False)
+    built = build_mini_demon(mini, per_task=8, seed=0, progress=False)
+    assert len(built["tasks"]) == 29 and len(list(mini.glob("*/core/core.json"))) == 29  # every Core task
+    assert len([p for p in mini.glob("*/core/images/*") if p.is_file()]) == built["images"] > 29 * 8
     synth = tmp_path_factory.mktemp("synth")
     generate(synth_config(count=64), tiny_model_doc(), synth, progress=False)
+    samples = pd.read_parquet(synth / "samples.parquet")
+    assert (samples.task == "SynthDifference").sum() >= 32 and (samples.task == "SynthCaption").sum() >= 32
+    assert len(list((synth / "images").glob("*.png"))) >= 64  # a source image per scene, plus the edited ones
     return mini, synth
 
 
@@ -81,8 +88,6 @@ def test_no_synthetic_image_is_a_near_duplicate_of_a_mini_demon_image(worlds: tu
 
 
 def test_no_demon_template_or_answer_sentence_in_the_synthetic_data(worlds: tuple[Path, Path]) -> None:
-    import pandas as pd
-
     mini, synth = worlds
     samples = pd.read_parquet(synth / "samples.parquet")
     templates = {normalized(t) for task in all_tasks() for split in task.templates.values() for t in split}
@@ -100,4 +105,5 @@ def test_no_demon_template_or_answer_sentence_in_the_synthetic_data(worlds: tupl
           f"{len(shared_templates)} shared; {len(ours)} synthetic answer sentences vs {len(answers)} mini-DEMON "
           f"answer sentences, {len(shared_sentences)} shared, {len(shared_skeletons)} shared with the colours and "
           f"shapes blanked: {sorted(shared_skeletons)[:5]}")  # fmt: skip
+    assert len(answers) > 100 and len(ours) > 20 and len(instructions) >= 3  # measured something
     assert not shared_templates and not shared_sentences and not shared_skeletons
