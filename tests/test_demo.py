@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ import torch
 import yaml
 from evaluate_helpers import ScriptedAdapter, mini_normalized
 from PIL import Image
+from test_signals import session_left
 from vpgc_tiny import tiny_dict, tiny_model, write_images
 
 from components.demo.chat import Limits, answer, check_images, user_turn, with_model_stops
@@ -393,6 +395,10 @@ def test_demo_in_a_browser(work: Path, checkpoint: Path, bundles: dict[str, Path
                 urllib.request.urlopen(f"{url}/gradio_api/file={leaked}", timeout=10)
         browser.close()
         assert process.poll() is None, "the server stopped"
+        # a stop signal ends the demo and everything it started (docs/orchestration.md, "Stopping")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 128 + signal.SIGTERM
+        assert session_left(process.pid) == []
     for shot in ("chat.png", "results.png"):
         assert (work / shot).stat().st_size > 50_000  # rendered pages, not blank ones
     log = (work / "demo.log").read_text()
