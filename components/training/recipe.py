@@ -65,6 +65,7 @@ class TrainResult:
     seconds: float
     samples_per_s: float
     resumed_from: int | None = None
+    precision: str = "float32"  # the compute dtype train.precision resolved to on this device
     # The trained model's held-out loss with every sample's images swapped for another's: clearly above
     # heldout_loss_after only if the model reads its images (the learning check "the VPG carries the image").
     heldout_loss_swapped: float | None = None
@@ -186,14 +187,16 @@ def train(
     overrides: dict[str, Any] | None = None,
     device: str = "auto",
     register_as: str | None = None,
+    variant: str | None = None,
 ) -> TrainResult:
-    """Run one training stage; every rank calls this (rank 0 writes files and logs to the active MLflow run)."""
+    """Run one training stage; every rank calls this (rank 0 writes files and logs to the active MLflow run).
+    `variant` names the setting this run trains (`train.variants` of params.yaml) in the checkpoint's record."""
     experiment, data, out = Path(experiment), Path(data), Path(out)
     context = distributed.init(device)
     # Process-wide switches set for training go back afterwards (other work may share the process).
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     try:
-        return _train(experiment, stage, data, out, init, max_steps, resume, overrides, context, register_as)
+        return _train(experiment, stage, data, out, init, max_steps, resume, overrides, context, register_as, variant)
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         distributed.shutdown(context)
@@ -210,6 +213,7 @@ def _train(
     overrides: dict[str, Any] | None,
     context: distributed.Context,
     register_as: str | None,
+    variant: str | None,
 ) -> TrainResult:
     import mlflow
 
@@ -397,11 +401,16 @@ def _train(
         seconds=elapsed,
         samples_per_s=trained * data.global_batch_size / elapsed if elapsed > 0 else 0.0,
         resumed_from=resumed_from,
+        precision=precision_name(compute_dtype),
         samples_seen=dict(sorted(seen.items())),
         run_id=mlflow.active_run().info.run_id if to_mlflow else None,
     )
     if context.is_main:
-        save_checkpoint(model, out / FINAL, extra_components)
+        # the checkpoint's own record of how it was trained, which evaluation reports (paths as given)
+        record = {"experiment": str(experiment), "stage": stage, "variant": variant, "mix": stage_settings.mix,
+                  "steps": steps, "lr": stage_settings.lr, "seed": settings.seed,
+                  "init": str(init) if init else None}  # fmt: skip
+        save_checkpoint(model, out / FINAL, extra_components, training=record)
         figure = plot_losses(history, heldout_before, heldout_after, steps, out / "loss_curve.png")
         if to_mlflow:
             mlflow.log_metric("heldout_loss", heldout_after, step=steps)
@@ -410,10 +419,10 @@ def _train(
             mlflow.log_metrics({"train_seconds": result.seconds, "train_samples_per_s": result.samples_per_s})
             mlflow.log_metrics({f"samples_seen.{task}": float(n) for task, n in result.samples_seen.items()})
             mlflow.log_artifact(str(figure))
-            if register_as:
-                from components.tracking.models import log_checkpoint_model
+            from components.tracking.models import log_checkpoint_model
 
-                result.model_uri = log_checkpoint_model(out / FINAL, register_as, alias=stage)
+            # every trained checkpoint is a logged model that evaluations attach their scores to; one is registered
+            result.model_uri = log_checkpoint_model(out / FINAL, out.name, register_as=register_as, alias=stage)
         atomic.write_json(out / SUMMARY, result.summary())
     context.barrier()
     return result
