@@ -393,3 +393,31 @@ def test_refuses_to_overwrite_task_folders_it_did_not_write(tmp_path: Path) -> N
 def test_rejects_a_bad_per_task(tmp_path: Path, bad: object) -> None:
     with pytest.raises(UserError, match="per_task"):
         build_mini_demon(tmp_path, per_task=bad, progress=False)  # type: ignore[arg-type]
+
+
+def test_the_upper_bounds_train_split_shares_nothing_with_the_benchmark(tmp_path: Path) -> None:
+    """params.yaml `data.mini_train`: the same tasks, another seed and first id. Training on it is in distribution,
+    but no sample id and no picture of the benchmark may reach training (exact bytes, and the rendered pixels)."""
+    import hashlib
+
+    relation = ["Visual Relation Inference"]
+    bench = build_mini_demon(tmp_path / "core", per_task=30, seed=0, categories=relation, progress=False)
+    train = build_mini_demon(tmp_path / "train", per_task=30, seed=1, categories=relation, first_id=100_000,
+                             progress=False)  # fmt: skip
+    assert bench["tasks"].keys() == train["tasks"].keys() == {t.folder for t in tasks("core") if t.category in relation}
+
+    def ids_and_pictures(root: Path) -> tuple[set[str], set[str]]:
+        ids, pictures = set(), set()
+        for task in bench["tasks"]:
+            document = json.loads((root / task / "core" / "core.json").read_text())
+            ids |= {f"{task}/{item['sample_id']}" for item in document["data"]}
+            for image in (root / task / "core" / "images").iterdir():
+                pixels = np.asarray(Image.open(image).convert("RGB"))
+                pictures.add(hashlib.sha256(pixels.tobytes()).hexdigest())
+        return ids, pictures
+
+    bench_ids, bench_pictures = ids_and_pictures(tmp_path / "core")
+    train_ids, train_pictures = ids_and_pictures(tmp_path / "train")
+    assert len(bench_ids) == len(train_ids) == 4 * 30 and len(bench_pictures) > 4 * 30
+    assert not bench_ids & train_ids
+    assert not bench_pictures & train_pictures
