@@ -312,6 +312,7 @@ def test_fill_reconstructs_a_smooth_hole() -> None:
     assert np.abs(filled[hole] - image[hole]).mean() < 0.06
 
 
+@pytest.mark.slow  # a diffusion pipeline per edit type: the fast tier's slowest test by far (3-5 min each, loaded)
 @pytest.mark.parametrize("edit_type", EDIT_TYPES)
 def test_diffusers_inpainting_is_local_and_seeded(tmp_path_factory, photos, edit_type: str) -> None:
     folder = tmp_path_factory.getbasetemp() / "inpainting"
