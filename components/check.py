@@ -104,7 +104,23 @@ def check_experiment(
         eval_plan, eval_problems = _eval_plan(evaluation, model)
         plan += eval_plan
         problems += eval_problems
+    if train is not None:
+        plan.append(_precision_plan(train.precision, evaluation.precision))
     return plan, problems
+
+
+def _precision_plan(train: str, evaluation: str) -> str:
+    """What `train.precision` and `eval.precision` resolve to on this machine's CPU (or its first GPU)."""
+    import torch
+
+    from components.vpgc.precision import has_bf16_matrix_units, precision_name, resolve_precision
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    units = "has" if has_bf16_matrix_units(device) else "has no"
+    chosen = {name: precision_name(resolve_precision(value, device)) for name, value in (("train", train),
+              ("eval", evaluation))}  # fmt: skip
+    return (f"precision here ({device.type}, {units} bf16 matrix units): train {train} -> {chosen['train']}, "
+            f"eval {evaluation} -> {chosen['eval']}")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- paths

@@ -91,10 +91,13 @@ def test_vpgc_overfits_pairs_only_the_images_tell_apart(tmp_path):
     loss_fn = ResponseLoss(model.train(True))
     optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=3e-3)
     layouts = model.layouts(conversations, answers)
-    pixels = model.load_pixels([p for item in layouts for p in item.images], tmp_path)
+    pixels = model.load_pixels([p for item in layouts for p in item.images], tmp_path).unflatten(0, (len(PAIRS), 2))
     tokens = sum(len(item.target_ids) for item in layouts)
+    order = torch.Generator().manual_seed(0)
     for _ in range(50):
-        loss = loss_fn(layouts, pixels) / tokens
+        # a new order every step: a bug that mixes up the samples of a batch cannot be learnt around
+        shuffled = torch.randperm(len(PAIRS), generator=order).tolist()
+        loss = loss_fn([layouts[i] for i in shuffled], pixels[shuffled].flatten(0, 1)) / tokens
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

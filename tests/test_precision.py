@@ -4,6 +4,8 @@ of float32 ones."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from train_helpers import stage, write_experiment, write_synth_folder
@@ -58,3 +60,13 @@ def test_bf16_training_loses_no_quality(synth, tmp_path):
     for key in ("heldout_loss_before", "heldout_loss_after", "heldout_loss_swapped"):
         a, b = getattr(fp32, key), getattr(bf16, key)
         assert abs(b - a) / a < LOSS_TOLERANCE, (key, a, b)
+
+
+@pytest.mark.parametrize(("units", "chosen"), [(True, "bfloat16"), (False, "float32")])
+def test_check_prints_the_precision_this_machine_gets(monkeypatch, units, chosen):
+    from components.check import check_experiment
+
+    monkeypatch.setattr(precision, "has_bf16_matrix_units", lambda device: units)
+    plan, problems = check_experiment(Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml")
+    assert not problems
+    assert f"train auto -> {chosen}, eval auto -> {chosen}" in plan[-1]
