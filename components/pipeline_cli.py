@@ -266,17 +266,14 @@ def look_further(result: dict, prefect_api: str | None) -> list[str]:
     # a tracking server shows its own UI; the embedded store's is `demonlab ui`
     mlflow_ui = store.rstrip("/") if store.startswith(("http://", "https://")) else None
     lines = []
-    if result["evaluated"]:
-        query = f"runs={_compact(result['evaluated'])}&experiments={_compact([result['experiment_id']])}"
-        lines.append(_open("compare the models", mlflow_ui, "demonlab ui", MLFLOW_PORT, f"/#/compare-runs?{query}"))
+    if result.get("compare_view"):  # the evaluated runs: what differs between them, and their scores
+        lines.append(_open("compare the models", mlflow_ui, "demonlab ui", MLFLOW_PORT, result["compare_view"]))
+        report = f"/#/experiments/{result['experiment_id']}/runs/{result['mlflow_run_id']}/artifacts/report"
+        lines.append(_open("the report, with its figure", mlflow_ui, "demonlab ui", MLFLOW_PORT, report))
     prefect_ui = prefect_api.removesuffix("/api") if prefect_api else None
     path = f"/runs/flow-run/{result['flow_run_id']}"
     lines.append(_open("this run in Prefect", prefect_ui, "demonlab server", PREFECT_PORT, path))
     return lines
-
-
-def _compact(ids: list[str]) -> str:
-    return json.dumps(ids, separators=(",", ":"))  # MLflow's own links: JSON lists, here without spaces to copy
 
 
 def _open(what: str, ui: str | None, command: str, port: int, path: str) -> str:

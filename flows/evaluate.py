@@ -39,6 +39,7 @@ from components.evaluation.evaluate import evaluate
 from components.evaluation.settings import load_eval_settings
 from components.experiment import load_experiment
 from components.params import eval_overrides
+from components.tracking.evaluated import track_evaluation
 from components.tracking.runs import write_metrics
 from flows.entry import stage_main
 from flows.params import load_params
@@ -78,16 +79,20 @@ def run_metrics(run: dict) -> dict[str, float]:
     return numbers | {f"timing.{key}": value for key, value in timing.items() if isinstance(value, int | float)}
 
 
-def _log_bundle(out: Path, results: dict, metrics: str | None) -> None:
-    for name in ARTIFACTS:
-        if (out / name).is_file():
-            mlflow.log_artifact(str(out / name))
+def _log_bundle(out: Path, results: dict, metrics: str | None, name: str | None, attach: bool) -> None:
+    """The bundle's files, scores and what it evaluated on the active run; `attach`: its headline scores on the
+    model's logged model too (one model's whole evaluation in one view: a merged bundle)."""
+    for artifact in ARTIFACTS:
+        if (out / artifact).is_file():
+            mlflow.log_artifact(str(out / artifact))
     mlflow.set_tag("demonlab.model_fingerprint", results["model"]["fingerprint"])
     mlflow.log_dict(results["run"], "run.json")  # when, commit, command, timing per rank: kept out of the bundle
     if numbers := run_metrics(results["run"]):
         mlflow.log_metrics(numbers)
+    scores = bundle_metrics(results)
     if metrics:
-        write_metrics(Path(metrics), bundle_metrics(results))
+        write_metrics(Path(metrics), scores)
+    track_evaluation(results, name, scores if attach else None)
 
 
 @flow(name="evaluate-model")
@@ -102,10 +107,11 @@ def evaluate_model(
     blind: bool = False,
     overrides: dict | None = None,
     metrics: str | None = None,
+    name: str | None = None,
 ) -> dict:
     """Evaluate `model` on the samples of `data` (only `categories` when given; `group` names them) into the
     bundle `out`; `blind` withholds the images (the blind control); `overrides` are merged into the experiment
-    document (e.g. `{"eval": {"limit": 2}}`)."""
+    document (e.g. `{"eval": {"limit": 2}}`); `name`: the model's name in evaluate.models, for MLflow."""
     params = {"model": model, "data": data, "out": out, "experiment": experiment, "group": group,
               "categories": categories, "vpgc": vpgc, "blind": blind}  # fmt: skip
     with tracked_stage("evaluate", {**params, "overrides": overrides or {}}, experiment=experiment):
@@ -121,16 +127,17 @@ def evaluate_model(
             blind=blind,
             experiment=experiment,
         )
-        _log_bundle(Path(out), results, metrics)
+        _log_bundle(Path(out), results, metrics, name, attach=False)
     return results["counts"]
 
 
 @flow(name="merge-evaluations")
-def merge_evaluations(bundles: list[str], out: str, metrics: str | None = None) -> dict:
-    """Merge the task-group bundles of one model into one bundle, with its scores tracked."""
+def merge_evaluations(bundles: list[str], out: str, metrics: str | None = None, name: str | None = None) -> dict:
+    """Merge the task-group bundles of one model (`name` in evaluate.models) into one bundle, with its scores
+    tracked on the run and on the model's logged model."""
     with tracked_stage("evaluate-merge", {"bundles": bundles, "out": out}):
         results = merge_bundles([Path(b) for b in bundles], Path(out))
-        _log_bundle(Path(out), results, metrics)
+        _log_bundle(Path(out), results, metrics, name, attach=True)
     return results["counts"]
 
 
@@ -207,7 +214,7 @@ def main() -> None:
         groups = [out / "groups" / args.model_name / args.view / name for name in section.get("groups") or {}]
         found = [str(g) for g in groups if (g / "results.json").is_file()]
         merged = out / "models" / args.model_name / args.view
-        merge_evaluations(found, str(merged), f"metrics/evaluate-{args.model_name}-{args.view}.json")
+        merge_evaluations(found, str(merged), f"metrics/evaluate-{args.model_name}-{args.view}.json", args.model_name)
     else:
         spec, vpgc = model_spec(p, args.model_name)
         groups = section.get("groups") or {}
@@ -225,6 +232,7 @@ def main() -> None:
             blind=args.view == "blind",
             overrides=overrides,
             metrics=f"metrics/evaluate/{args.model_name}-{args.view}-{args.group}.json",
+            name=args.model_name,
         )
 
 

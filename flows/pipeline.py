@@ -46,6 +46,7 @@ from components.dvc_stages import DvcStages, python_module, shell
 from components.errors import UserError
 from components.forkserver import ForkServer
 from components.lifetime import die_with_parent, dies_with_us
+from components.tracking.compare import publish_report, share_comparison
 from components.tracking.provenance import stage_data_tags
 from components.tracking.runs import (
     PARENT_RUN_ENV,
@@ -234,13 +235,16 @@ def demon_pipeline(
                     mlflow.log_metric("peak_rss_mb", max(run.peak_rss_mb.values()))
             if failures:
                 raise failures[0]
+            publish_report(parent.info.run_id, Path((params.get("evaluate") or {}).get("report", "data/report")))
+            evaluated = evaluated_runs(experiment_id, [s for s in upstream if s.startswith(EVALUATED)])
     return {
         "mlflow_run_id": parent.info.run_id,
         "name": name,
         "flow_run_id": str(flow_run.get_id() or ""),
         "stages": selected,
         "experiment_id": experiment_id,
-        "evaluated": evaluated_runs(experiment_id, [s for s in upstream if s.startswith(EVALUATED)]),
+        "evaluated": evaluated,
+        "compare_view": share_comparison(experiment_id, evaluated) if evaluated else None,  # an MLflow UI path
         "peak_rss_mb": run.peak_rss_mb,  # each stage's; the pipeline's own process holds no stage's data:
         "pipeline_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
     }

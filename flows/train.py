@@ -40,15 +40,17 @@ def train_stage(
     resume: bool = True,
     overrides: dict | None = None,
     metrics: str | None = None,
+    variant: str | None = None,
 ) -> dict:
-    """Train `stage` of `experiment` on `data` into `out` (resuming from its newest step folder by default)."""
+    """Train `stage` of `experiment` on `data` into `out` (resuming from its newest step folder by default);
+    `variant`: the key of train.variants it trains, recorded in the checkpoint."""
     params = {"experiment": experiment, "stage": stage, "data": data, "out": out, "init": init,
-              "max_steps": max_steps, "register_as": register_as, "resume": resume,
+              "max_steps": max_steps, "register_as": register_as, "resume": resume, "variant": variant,
               "overrides": overrides or {}}  # fmt: skip
     with system_metrics(), tracked_stage(f"train-{stage}", params, experiment=Path(experiment).stem):
         result = train(
             Path(experiment), stage, Path(data), Path(out), init=Path(init) if init else None,
-            max_steps=max_steps, resume=resume, register_as=register_as, overrides=overrides,
+            max_steps=max_steps, resume=resume, register_as=register_as, overrides=overrides, variant=variant,
         )  # fmt: skip
         if metrics:  # throughput is the MLflow run's (`train_samples_per_s`): DVC metrics are outputs, reproducible
             write_metrics(
@@ -90,6 +92,7 @@ def main() -> None:
         register_as=register_as,
         overrides=overrides,
         metrics=f"metrics/train-{target.name}.json",
+        variant=args.variant,
     )
 
 

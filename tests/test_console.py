@@ -23,6 +23,7 @@ from workspace import ROOT
 from components.console import Events, PipelineConsole, StageOutput
 from components.pipeline_cli import MLFLOW_PORT, look_further
 from components.servers import free_port, server
+from components.tracking.compare import share_comparison
 from components.tracking.runs import pipeline_run_name, run_name, stage_run, write_metrics
 
 BAR = "train vpgc:  {pct:>3}%|#####     | {n}/20 [00:01<00:01, 9.1step/s]"
@@ -117,8 +118,11 @@ def test_the_closing_comparison_url_shows_the_evaluated_runs(
         with stage_run("evaluate-merge", {"out": stage}) as run:
             write_metrics(named_workspace / "m.json", {"parity": {"overall": 9.5 if "vpgc" in stage else 7.25}})
             ids.append(run.info.run_id)
-    result = {"evaluated": ids, "experiment_id": mlflow.get_run(ids[0]).info.experiment_id, "flow_run_id": "f"}
-    compare, prefect = look_further(result, None)
+    experiment = mlflow.get_run(ids[0]).info.experiment_id
+    result = {"evaluated": ids, "experiment_id": experiment, "flow_run_id": "f", "mlflow_run_id": ids[0],
+              "compare_view": share_comparison(experiment, ids)}  # fmt: skip
+    compare, report, prefect = look_further(result, None)
+    assert report.endswith(f"/#/experiments/{experiment}/runs/{ids[0]}/artifacts/report")
     assert prefect == "this run in Prefect: demonlab server, then http://127.0.0.1:4200/runs/flow-run/f"
     prefix = f"compare the models: demonlab ui, then http://127.0.0.1:{MLFLOW_PORT}/"
     assert compare.startswith(prefix) and " " not in compare.removeprefix(prefix)  # one word to copy
@@ -129,6 +133,6 @@ def test_the_closing_comparison_url_shows_the_evaluated_runs(
     log = named_workspace / "ui.log"
     with server(command, f"http://127.0.0.1:{port}/health", log, env=dict(os.environ), timeout=120):
         dom = chromium(url, "--dump-dom").stdout
-    assert "Comparing 2 Runs" in dom
-    for text in ("merge vpgc-synthetic images", "merge backbone images", "parity.overall", "9.5", "7.25"):
+    assert "2 matching runs" in dom  # the evaluated runs only (their view: tests/test_mlflow_compare.py)
+    for text in ("merge vpgc-synthetic images", "merge backbone images", "parity.overall", "9.50", "7.25"):
         assert text in dom, f"{text!r} not shown in the compare view"

@@ -320,7 +320,7 @@ def test_mlflow_model_references_resolve_to_checkpoints(tmp_path, monkeypatch):
     model = tiny_model(trained_vpgc=True)
     save_checkpoint(model, tmp_path / "ckpt")
     with stage_run("train", {}):
-        uri = log_checkpoint_model(tmp_path / "ckpt", "tiny-vpgc", "candidate")
+        uri = log_checkpoint_model(tmp_path / "ckpt", "tiny-vpgc", register_as="tiny-vpgc", alias="candidate")
     loaded = load_adapter(uri, vpgc=False)
     assert uri == "models:/tiny-vpgc@candidate" and not loaded.model.vpgc_enabled
     assert torch.equal(loaded.model.vpgc.guidance_proj.weight, model.vpgc.guidance_proj.weight)

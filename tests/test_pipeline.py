@@ -166,8 +166,8 @@ def test_pipeline_survives_a_kill_tracks_everything_and_knows_what_is_stale(
     assert set(names.values()) | {parents[0].info.run_name} <= {flow_run.name for flow_run in flow_runs}
     # a stage's logs reach Prefect's UI to the last line (sent before the process exits, not left to `atexit`)
     assert merges and any(log.message.startswith("Finished in state Completed") for log in merge_logs)
-    merged_run = by_stage["merge@vpgc-synthetic-images"].info.run_id
-    assert f'compare-runs?runs=["{merged_run}"]&experiments=["{train_run.info.experiment_id}"]' in second.stdout
+    # (what the linked view shows: tests/test_mlflow_compare.py)
+    assert f"/#/experiments/{train_run.info.experiment_id}/runs?viewStateShareKey=demonlab-" in second.stdout
 
     # 3. nothing changed: nothing runs
     again = run([*DVC, "repro"], ws, env)

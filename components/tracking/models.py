@@ -6,10 +6,16 @@ config naming the frozen backbones by path/package). The backbones' weights are 
 files, loaded from where the config names them. `pyfunc.load_model(uri).predict(frame)` answers questions with
 `{image#k}` placeholders (columns `text`, `images`); evaluation uses `download_checkpoint` and
 `VPGCModel.from_checkpoint` instead.
+
+Every trained checkpoint is logged (MLflow 3's LoggedModel, with the checkpoint's training record as its params),
+one is also registered. The logged model is tagged with the sha256 of the checkpoint's weights, which an evaluation
+finds in its bundle (`checkpoint_record`): so the evaluation runs link their model, and their scores are attached
+to it (`attach_scores`), without a run id in any file DVC tracks.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,14 +23,17 @@ from typing import Any
 import mlflow
 import mlflow.pyfunc
 import requests
+from mlflow.entities import Dataset, LoggedModel
 from mlflow.tracking import MlflowClient
 
 from components.errors import UserError
 from components.security import redact
-from components.tracking.runs import refusal
-from components.vpgc.checkpoints import CONFIG_FILE, WEIGHTS_FILE
+from components.tracking.runs import flatten, refusal
+from components.vpgc.checkpoints import CONFIG_FILE, WEIGHTS_FILE, checkpoint_record
 
 ARTIFACT = "checkpoint"
+CHECKPOINT_TAG = "demonlab.checkpoint_sha256"  # on the logged model and the training run
+REGISTERED_TAG = "demonlab.registered_model"  # `name/version`, on the logged model of the registered checkpoint
 
 
 class CheckpointModel(mlflow.pyfunc.PythonModel):
@@ -44,9 +53,12 @@ class CheckpointModel(mlflow.pyfunc.PythonModel):
         return self.model.generate([[Turn(to_parts(row["text"], list(row["images"])))] for row in rows])
 
 
-def log_checkpoint_model(checkpoint_dir: Path, name: str, alias: str) -> str:
-    """Log `checkpoint_dir` (weights.safetensors + config.yaml) as a model of the active run, register it as
-    `name` and point `alias` at the new version; returns `models:/name@alias`."""
+def log_checkpoint_model(
+    checkpoint_dir: Path, name: str, register_as: str | None = None, alias: str | None = None
+) -> str:
+    """Log `checkpoint_dir` (weights.safetensors + config.yaml) as the logged model `name` of the active run, its
+    training record as the model's params; with `register_as`, register it under that name and point `alias` at the
+    new version. Returns `models:/register_as@alias`, else `models:/<model id>`."""
     checkpoint_dir = Path(checkpoint_dir)
     for file in (WEIGHTS_FILE, CONFIG_FILE):
         if not (checkpoint_dir / file).is_file():
@@ -55,15 +67,54 @@ def log_checkpoint_model(checkpoint_dir: Path, name: str, alias: str) -> str:
         raise RuntimeError("log_checkpoint_model needs an active MLflow run (components.tracking.runs.stage_run)")
     import torch
 
+    record = checkpoint_record(checkpoint_dir)
     info = mlflow.pyfunc.log_model(
-        name="model",
+        name=name,
         python_model=CheckpointModel(),
         artifacts={ARTIFACT: str(checkpoint_dir)},
-        registered_model_name=name,
+        registered_model_name=register_as,
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "transformers", "safetensors", "demonlab"],
+        params={f"train.{k}": str(v) for k, v in flatten(record["training"] or {}).items()},
+        tags={CHECKPOINT_TAG: record["sha256"]},
+        model_type="vpgc",
     )
-    MlflowClient().set_registered_model_alias(name, alias, str(info.registered_model_version))
-    return f"models:/{name}@{alias}"
+    mlflow.set_tag(CHECKPOINT_TAG, record["sha256"])
+    if not register_as:
+        return f"models:/{info.model_id}"
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    client.set_registered_model_alias(register_as, alias, version)
+    mlflow.set_logged_model_tags(info.model_id, {REGISTERED_TAG: f"{register_as}/{version}"})
+    return f"models:/{register_as}@{alias}"
+
+
+def trained_model(sha256: str, experiment_id: str) -> LoggedModel | None:
+    """The newest logged model of the checkpoint whose weights have `sha256`; None when no training logged it
+    here (a checkpoint from elsewhere, a store that was reset)."""
+    found = mlflow.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{CHECKPOINT_TAG}` = '{sha256}'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+        max_results=1,
+        output_format="list",
+    )
+    return found[0] if found else None
+
+
+def model_links(model: LoggedModel) -> dict[str, str]:
+    """Tags that link a run to the logged model it evaluated, that model's training run and its registered version."""
+    links = {"demonlab.model_id": model.model_id, "demonlab.training_run_id": model.source_run_id or ""}
+    if registered := model.tags.get(REGISTERED_TAG):
+        links[REGISTERED_TAG] = registered
+    return links
+
+
+def attach_scores(model_id: str, scores: dict[str, float], dataset: str, digest: str) -> None:
+    """Log `scores` from the active run to the logged model `model_id` as well, measured on `dataset` (its name in
+    MLflow's Models view, e.g. `DEMON images` beside `DEMON blind`: the same keys, two evaluations of one model)."""
+    source = json.dumps({"name": dataset})
+    measured_on = Dataset(name=dataset, digest=digest[:36], source_type="code", source=source)
+    mlflow.log_metrics(scores, model_id=model_id, dataset=measured_on)
 
 
 def download_checkpoint(uri: str, dst: Path | None = None) -> Path:

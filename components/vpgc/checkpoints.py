@@ -1,8 +1,10 @@
 """Weights in and out: our safetensors checkpoints, and the released LAVIS `.pth` files through a key map.
 
 Our checkpoint (a folder): `weights.safetensors` with the trainable components only (`vpgc.*`, plus `vpg.*` when
-the VPG was trained, e.g. by the alignment stage) and `config.yaml`, the resolved `model:` config naming the frozen
-backbones it belongs to.
+the VPG was trained, e.g. by the alignment stage), `config.yaml`, the resolved `model:` config naming the frozen
+backbones it belongs to, and, when training wrote it, `training.json`: how it was trained (stage, variant, data mix,
+steps, learning rate, seed), so an evaluation reports what it scored from the checkpoint itself. No run id or time
+is in any of them: DVC hashes the folder, and two runs of the same training write the same bytes.
 
 Released files (LAVIS key names under `model`), read with `torch.load(weights_only=True)`:
 - the Cheetah checkpoints (`llama_proj.*`, `llama_model.model.{query_tokens,qformer_proj,llm_proj}.*`, ...),
@@ -14,6 +16,7 @@ branch, BLIP-2's contrastive/matching heads, EVA's 40th block). Any other key is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -32,6 +35,7 @@ from components.errors import UserError
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.yaml"
+TRAINING_FILE = "training.json"
 
 _QF = r"(?:llama_model\.model\.)?Qformer\.bert\."  # the release registers the same Q-Former twice
 _VIT = r"visual_encoder\.blocks\.(\d+)\."
@@ -197,10 +201,14 @@ def save_stable(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str
 
 
 def save_checkpoint(
-    model: nn.Module, directory: str | os.PathLike[str], extra_components: tuple[str, ...] = ()
+    model: nn.Module,
+    directory: str | os.PathLike[str],
+    extra_components: tuple[str, ...] = (),
+    training: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `weights.safetensors` (trainable components + `extra_components`) and `config.yaml` (resolved config)
-    into `directory`. Never name a component whose weights come from public files (`model.*.weights`)."""
+    """Write `weights.safetensors` (trainable components + `extra_components`), `config.yaml` (resolved config) and,
+    given `training` (how it was trained), `training.json` into `directory`. Never name a component whose weights
+    come from public files (`model.*.weights`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = trainable_state_dict(model, extra_components)
@@ -208,7 +216,18 @@ def save_checkpoint(
     with atomic.atomic_path(directory / WEIGHTS_FILE) as temp:
         save_stable(state, temp, metadata={"format": "demonlab-vpgc", "components": ",".join(components)})
     atomic.write_text(directory / CONFIG_FILE, yaml.safe_dump({"model": model.config.to_dict()}, sort_keys=False))
+    if training is not None:
+        atomic.write_text(directory / TRAINING_FILE, json.dumps(training, sort_keys=True, indent=1) + "\n")
     return directory
+
+
+def checkpoint_record(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """What identifies a checkpoint folder: the sha256 of its weights file (the key MLflow's logged model of it is
+    tagged with, `components.tracking.models`) and its `training.json` (None when training wrote none)."""
+    directory = Path(directory)
+    path = directory / TRAINING_FILE
+    training = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return {"sha256": hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest(), "training": training}
 
 
 def load_checkpoint(model: nn.Module, directory: str | os.PathLike[str]) -> list[str]:

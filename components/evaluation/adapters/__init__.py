@@ -91,6 +91,7 @@ def load_adapter(
         if prompt != "training":
             raise UserError(f"{spec}: eval.prompt: {prompt} applies to VPG-C models; HF models use their own template")
         return HFAdapter.from_pretrained(spec, device, image_placement, blind)
+    from components.vpgc.checkpoints import checkpoint_record
     from components.vpgc.config import load_config
     from components.vpgc.model import VPGCModel
     from components.vpgc.precision import resolve_precision
@@ -98,8 +99,9 @@ def load_adapter(
     changes = {} if vpgc is None else {"vpgc_enabled": vpgc}
     dtype = resolve_precision(precision, torch.device(device))
 
-    def adapter(model: VPGCModel) -> VPGCAdapter:
-        return VPGCAdapter(spec, model.use_precision(dtype).eval(), blind, prompt)
+    def adapter(model: VPGCModel, checkpoint: Path | None = None) -> VPGCAdapter:
+        record = checkpoint_record(checkpoint) if checkpoint else None
+        return VPGCAdapter(spec, model.use_precision(dtype).eval(), blind, prompt, record)
 
     if spec.startswith(MLFLOW_PREFIXES):
         import mlflow
@@ -109,11 +111,11 @@ def load_adapter(
 
         mlflow.set_tracking_uri(tracking_uri())  # the workspace's store unless MLFLOW_TRACKING_URI names another
         directory = Path(download_checkpoint(spec))
-        return adapter(VPGCModel.from_checkpoint(directory, device=device, **changes))
+        return adapter(VPGCModel.from_checkpoint(directory, device=device, **changes), directory)
     path = Path(spec)
     if path.is_dir():
         if _is_checkpoint(path):
-            return adapter(VPGCModel.from_checkpoint(path, device=device, **changes))
+            return adapter(VPGCModel.from_checkpoint(path, device=device, **changes), path)
         if (path / "config.json").is_file():
             raise UserError(f"{spec} looks like a Hugging Face model folder; pass it as hf:{spec}")
         raise UserError(f"{spec}: no weights.safetensors + config.yaml in this folder; {UNKNOWN_SPEC_HELP}")

@@ -17,7 +17,11 @@ class VPGCAdapter(ModelAdapter):
 
     kind = "vpgc"
 
-    def __init__(self, spec: str, model: Any, blind: bool = False, prompt: str = "training") -> None:
+    def __init__(
+        self, spec: str, model: Any, blind: bool = False, prompt: str = "training", checkpoint: dict | None = None
+    ) -> None:
+        """`checkpoint`: the record of the checkpoint folder it was loaded from (`checkpoints.checkpoint_record`:
+        weights sha256 and how it was trained), reported in the bundle; None for a model built from a config."""
         from components.vpgc.prompts import check_preset
 
         check_preset(prompt, model.config.prompt.template)
@@ -28,6 +32,10 @@ class VPGCAdapter(ModelAdapter):
         self.prompt = prompt
         self.default_max_new_tokens = model.config.prompt.max_new_tokens
         self.stop = tuple(model.config.prompt.stop)
+        self.checkpoint = checkpoint
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **({"checkpoint": self.checkpoint} if self.checkpoint else {})}
 
     def encode(self, request: Request) -> Encoded:
         from components.vpgc.prompts import Turn, layout

@@ -1,0 +1,134 @@
+"""The comparison `demonlab run` links, on the main job's shape at its smallest: the ablation's three models (backbone,
+VPG-C trained on captions, on synthetic data) in both views. Each merge run carries what defines its model (from the
+checkpoint's own training record) and links its training run and logged model; the logged models hold the scores; the
+parent run holds the report; the printed URL opens, in Chromium, on the params that differ and the headline score."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from workspace import project_workspace, run
+
+from components.servers import free_port, server
+from components.tracking.evaluated import describe_mix
+
+pytestmark = pytest.mark.slow  # a pipeline of 22 stages, then the MLflow UI in a browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DEMONLAB = str(Path(sys.executable).with_name("demonlab"))
+SMALL = {"synth": {"limit": 24}, "train": {"max_steps": 2}, "evaluate": {"limit": 1, "batch_size": 8},
+         "data": {"mini_train": {"per_task": 2}}}  # fmt: skip
+MODELS = {
+    "backbone": {"model": "data/checkpoints/backbone/final", "vpgc": "off"},
+    "vpgc-captions": "data/checkpoints/vpgc-captions/final",
+    "vpgc-synthetic": "data/checkpoints/vpgc-synthetic/final",
+}
+GRAPH = {
+    "train": {"variants": {"synthetic": {}, "captions": {"mix": {"SynthCaption": 8}}}},
+    "evaluate": {
+        "models": MODELS,
+        "groups": {"demon": ["visual-relation-inference"]},
+        "views": ["images", "blind"],
+        "contrasts": None,
+    },
+}
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_the_comparison_shows_what_made_the_difference(
+    tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    ws, env = project_workspace(tmp_path, prefect_api, SMALL)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    for section, values in GRAPH.items():
+        params[section].update(values)  # replaced, not merged: these maps define the stages
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**env, "DEMONLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    done = run([DEMONLAB, "run"], ws, env)
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["demonlab"], output_format="list")
+    by_stage = {r.data.tags.get("dvc.stage"): r for r in runs}
+    parent = next(r for r in runs if r.data.tags["demonlab.stage"] == "pipeline")
+    experiment = parent.info.experiment_id
+
+    # what defines each model, from its checkpoint's record, against what params.yaml and the experiment say
+    tiny = yaml.safe_load((ws / "experiments/tiny.yaml").read_text())["train"]
+    captions = {**tiny["vpgc"], "mix": {"SynthCaption": 8}}
+    trained = {"backbone": ("align", "align", tiny["align"]), "vpgc-captions": ("captions", "captions", captions),
+               "vpgc-synthetic": ("synthetic", "synthetic", tiny["vpgc"])}  # fmt: skip
+    logged = {m.name: m for m in mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")}
+    assert set(logged) == {"backbone", "vpgc-captions", "vpgc-synthetic"}  # every trained checkpoint
+    for name, (stage_item, variant, settings) in trained.items():
+        train_run = by_stage["align" if stage_item == "align" else f"train@{stage_item}"]
+        model = logged[name]
+        assert model.source_run_id == train_run.info.run_id
+        for view in ("images", "blind"):
+            merge = by_stage[f"merge@{name}-{view}"]
+            expected = {
+                "model.name": name, "model.kind": "backbone" if name == "backbone" else "vpgc", "view": view,
+                "train.experiment": "tiny", "train.variant": variant, "train.mix": describe_mix(settings["mix"]),
+                "train.steps": "2", "train.lr": str(settings["lr"]), "train.seed": str(tiny["seed"]),
+                "eval.samples_per_task": "1", "eval.scorer": "parity (headline), strict",
+            }  # fmt: skip
+            assert {key: merge.data.params.get(key) for key in expected} == expected, name
+            assert merge.data.params["eval.decoding"].startswith("greedy, ")
+            evaluate = by_stage[f"evaluate@{name}-{view}-demon"]
+            assert {key: evaluate.data.params.get(key) for key in expected} == expected, name
+            links = {"demonlab.training_run_id": train_run.info.run_id, "demonlab.model_id": model.model_id}
+            assert {key: merge.data.tags.get(key) for key in links} == links
+            # the scores are the model's too, one evaluation per view
+            scores = {m.key: m.value for m in model.metrics if m.dataset_name == f"DEMON {view}"}
+            assert scores["parity.overall"] == pytest.approx(merge.data.metrics["parity.overall"])
+            assert {"parity.overall_ci.low", "parity.overall_ci.high", "strict.overall"} <= set(scores)
+    assert by_stage["merge@vpgc-synthetic-images"].data.tags["demonlab.registered_model"] == "demonlab-tiny/1"
+    assert "demonlab.registered_model" not in by_stage["merge@vpgc-captions-images"].data.tags
+
+    # the parent run holds the report and says what it found
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "report")}
+    assert artifacts == {"report/compare.md", "report/compare.json", "report/compare.png"}
+    description = parent.data.tags["mlflow.note.content"]
+    assert "\n" not in description and "best overall (parity x100): " in description
+
+    # the printed link opens MLflow on the params that differ and the headline score with its interval
+    path = re.search(r"^compare the models: demonlab ui, then http://127\.0\.0\.1:5000(\S+)$", done.stdout, re.M)[1]
+    assert re.search(r"^the report, with its figure: .*/runs/[0-9a-f]{32}/artifacts/report$", done.stdout, re.M)
+    differing = ["model.kind", "model.name", "train.mix", "train.variant", "view"]
+    port = free_port()
+    monkeypatch.chdir(ws)  # `demonlab ui` serves the workspace's store
+    with (
+        server([DEMONLAB, "ui", "--port", str(port)], f"http://127.0.0.1:{port}/health", tmp_path / "ui.log", env, 120),
+        sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        )
+        page = browser.new_page(viewport={"width": 1800, "height": 1250})
+        page.goto(f"http://127.0.0.1:{port}{path}")
+        expect(page.get_by_text("6 matching runs")).to_be_visible(timeout=60_000)
+        chart = page.locator(".js-plotly-plot").first  # the parallel coordinates: one axis per differing param
+        for axis in [*differing, "parity.overall"]:
+            expect(chart).to_contain_text(axis)
+        expect(chart).not_to_contain_text("eval.scorer")  # the same for every run: no axis
+        difference = page.get_by_text("What differs between the runs")
+        expect(difference).to_be_visible()
+        body = page.inner_text("body")
+        assert "SynthCaption 8" in body and "merge vpgc-synthetic blind" in body
+        page.screenshot(path=tmp_path / "compare.png")
+        # MLflow's Models view lists the trained checkpoints (their scores are checked above, through its API)
+        page.goto(f"http://127.0.0.1:{port}/#/experiments/{experiment}/models")
+        for name in logged:
+            expect(page.get_by_role("link", name=name, exact=True)).to_be_visible(timeout=30_000)
+        browser.close()
+    assert (tmp_path / "compare.png").stat().st_size > 50_000  # a rendered page, not a blank one
+    if folder := os.environ.get("DEMONLAB_SCREENSHOTS"):  # docs/img: the page docs/orchestration.md shows
+        shutil.copy(tmp_path / "compare.png", Path(folder) / "mlflow-compare.png")
