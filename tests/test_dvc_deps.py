@@ -161,3 +161,21 @@ def test_the_walk_finds_what_a_stage_imports():
     assert {"flows/train.py", "components/experiment.py", "components/training/recipe.py"} <= found
     assert "components/vpgc/vpgc.py" in found and not _under("components/tracking/runs.py", found)
     assert len(STAGES) >= 10 and {"align", "train@synthetic", "report"} <= set(STAGES)
+
+
+def test_each_evaluation_depends_on_the_checkpoint_it_evaluates():
+    """`evaluate@<model>-...` depends on `data/checkpoints/<model>`: a model key must name its checkpoint's folder, or
+    the evaluation neither waits for its training nor becomes stale with it (the upper bound's first name did)."""
+    import yaml
+
+    models = yaml.safe_load((ROOT / "params.yaml").read_text())["evaluate"]["models"]
+    deps = {
+        stage.addressing: {Path(d.fs_path).relative_to(ROOT).as_posix() for d in stage.deps if not hasattr(d, "params")}
+        for stage in _stages()
+        if stage.addressing.startswith("evaluate@")
+    }
+    for key, spec in models.items():
+        path = Path(spec["model"] if isinstance(spec, dict) else spec)
+        folder = (path.parent if path.name == "final" else path).as_posix()
+        cells = [name for name in deps if name.startswith(f"evaluate@{key}-")]
+        assert cells and all(folder in deps[name] for name in cells), (key, folder)
