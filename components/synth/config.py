@@ -19,6 +19,7 @@ EDIT_TYPES: tuple[str, ...] = get_args(EditType)
 DIFFERENCE_TASK, CAPTION_TASK = "SynthDifference", "SynthCaption"
 SYNTH_TASKS = (DIFFERENCE_TASK, CAPTION_TASK)
 NonNegativeFloat = Annotated[float, Bounds(ge=0)]
+Cosine = Annotated[float, Bounds(ge=-1, le=1)]  # a cosine similarity
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class SegmenterConfig:
     compactness: Positive = 10.0  # slic
     model: str | None = None  # sam: a SamModel folder (or hub id)
     points_per_side: Count = 8  # sam: a grid of point prompts
-    min_score: Fraction = 0.7  # sam: predicted IoU below this drops the mask
+    min_score: float = 0.7  # sam: predicted IoU below this drops the mask (a regression output, not bounded to 0..1)
     dedupe_iou: Fraction = 0.8  # sam: a mask overlapping a better one this much is a duplicate
     device: str = "cpu"
 
@@ -112,8 +113,8 @@ class FilterConfig:
     min_inside_change: Fraction = 0.05
     min_encoder_ratio: NonNegativeFloat = 1.5
     model: str | None = None  # clip: a CLIPModel folder or hub id
-    clip_min: Fraction = 0.5
-    clip_max: Fraction = 0.995
+    clip_min: Cosine = 0.5
+    clip_max: Cosine = 0.995
     clip_min_direction: float = 0.0
     device: str = "cpu"
 
