@@ -13,8 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from components.errors import UserError
 from components.lifetime import child
 from components.quiet import quiet
+
+TIMEOUT_SETTING = "DEMONLAB_SERVER_TIMEOUT"  # seconds a server we start may take to answer
 
 
 def free_port() -> int:
@@ -33,7 +36,11 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) ->
                 return
         except OSError:
             time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+    # A busy machine, not a bug: one line with the way forward (a first start also migrates the database).
+    raise UserError(
+        f"{url} did not answer within {timeout:.0f} s (the server's log: {log}); on a busy machine allow longer, "
+        f"e.g. {TIMEOUT_SETTING}=300"
+    )
 
 
 @contextmanager
@@ -48,10 +55,11 @@ def background(command: list[str], log: Path, env: dict | None = None, cwd: Path
 
 
 @contextmanager
-def server(command: list[str], health_url: str, log: Path, env: dict | None = None, timeout: float = 90):
-    """A `background` server, ready once `health_url` answers."""
+def server(command: list[str], health_url: str, log: Path, env: dict | None = None, timeout: float | None = None):
+    """A `background` server, ready once `health_url` answers (within `timeout`, default $DEMONLAB_SERVER_TIMEOUT
+    or 90 s)."""
     with background(command, log, env) as process:
-        wait_http(health_url, process, timeout, log)
+        wait_http(health_url, process, timeout or float(os.environ.get(TIMEOUT_SETTING, 90)), log)
         yield process
 
 
