@@ -19,8 +19,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from components.errors import UserError
 from components.tracking.provenance import lock_stages
 
 if TYPE_CHECKING:
@@ -100,10 +101,12 @@ class DvcStages:
             self._record(stage)
             return "restored", None
 
-    def finish(self, stage: Stage) -> None:
-        """After its commands succeeded: hash and cache the stage's outputs, cache the run, write `dvc.lock`."""
+    def finish(self, stage: Stage, expected: dict[str, Any] | None = None) -> None:
+        """After its commands succeeded: hash and cache the stage's outputs, cache the run, write `dvc.lock`.
+        `expected`: the entry another workspace recorded for this run (`components.remote_stages`); a different
+        one here is refused before anything is written."""
         with self.turn():
-            self._record(stage)
+            self._record(stage, expected)
 
     @staticmethod
     def commands(stage: Stage, env: dict[str, str]) -> tuple[list[str], dict[str, str], str]:
@@ -113,9 +116,18 @@ class DvcStages:
         setting = prepare_kwargs(stage, run_env=env)  # adds DVC_ROOT and DVC_STAGE, as for any stage command
         return _enforce_cmd_list(stage.cmd), setting["env"], setting["cwd"]
 
-    def _record(self, stage: Stage) -> None:
+    def _record(self, stage: Stage, expected: dict[str, Any] | None = None) -> None:
+        from dvc.stage.serialize import to_single_stage_lockfile
+
         uncached = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
         stage.save(allow_missing=False, run_cache=not uncached)
+        if expected is not None and (here := to_single_stage_lockfile(stage)) != expected:
+            differ = sorted({item["path"] for key in ("deps", "outs") for item in _differ(here, expected, key)})
+            raise DifferentRun(
+                f"stage {stage.addressing!r}: the worker's run differs from this workspace in "
+                f"{', '.join(differ) or 'its command or parameters'}: commit (and push) what the stage reads, "
+                "the workers check out the commit"
+            )
         stage.commit(allow_missing=False)
         stage.dump(update_pipeline=False)
         if stage.name not in self._locked:  # DVC appended its entry
@@ -135,6 +147,15 @@ class DvcStages:
         with modify_yaml(lockfile, fs=self.repo.fs) as data:
             for name in self._appended:
                 data["stages"].move_to_end(name)
+
+
+class DifferentRun(UserError):
+    """A stage's `dvc.lock` entry from another workspace that this one would not write."""
+
+
+def _differ(here: dict[str, Any], there: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    theirs = {item["path"]: item for item in there.get(key, [])}
+    return [item for item in here.get(key, []) if theirs.get(item["path"]) != item]
 
 
 def python_module(command: str) -> list[str] | None:

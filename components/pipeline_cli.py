@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -65,9 +66,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the N gets its own through CUDA_VISIBLE_DEVICES)",
     )
     run.add_argument(
+        "--pool",
+        default=None,
+        metavar="NAME",
+        help="run each stage on a worker of this Prefect work pool (other machines: `demonlab worker --pool NAME` in "
+        "their clones), inputs pulled from and outputs pushed to the DVC remote; needs an MLflow server "
+        "(MLFLOW_TRACKING_URI) and the commit pushed where the workers fetch it",
+    )
+    run.add_argument(
         "-v", "--verbose", action="store_true", help="show what DVC, Prefect, MLflow and the stages print, not a log"
     )
     run.set_defaults(handler=run_pipeline)
+
+    sweep = subparsers.add_parser(
+        "sweep",
+        help="the pipeline for every combination of parameter values, each a DVC experiment, compared in one report",
+        description="Run the pipeline once per combination of the -S values (as `demonlab run --set`), keep each as a "
+        "DVC experiment (`dvc exp show`), group their MLflow runs under one parent run and write one comparison "
+        "(sweeps/<name>.md). params.yaml, dvc.lock and the outputs are as before afterwards.",
+    )
+    sweep.add_argument(
+        "-S", action="append", required=True, metavar="KEY=V1,V2", help="a parameter and its values (repeatable)"
+    )
+    sweep.add_argument("--name", default=None, help="the sweep's name, prefix of its experiments (default: the time)")
+    sweep.add_argument("--parallel", type=int, default=1, metavar="N", help="as for `demonlab run`")
+    sweep.add_argument("--pool", default=None, metavar="NAME", help="as for `demonlab run`: stages on its workers")
+    sweep.add_argument("-v", "--verbose", action="store_true", help="as for `demonlab run`")
+    sweep.set_defaults(handler=_sweep)
 
     doctor = subparsers.add_parser(
         "doctor",
@@ -97,6 +122,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "in this repository. Talks to PREFECT_API_URL (default: the `demonlab server` on 127.0.0.1:4200).",
     )
     worker.add_argument("--pool", default=POOL, help=f"work pool name (default: {POOL})")
+    worker.add_argument("--name", default=None, help="this worker's name in Prefect (default: host and folder)")
+    worker.add_argument("--limit", type=int, default=None, help="flow runs (stages) at once on this worker")
     worker.set_defaults(handler=run_worker)
 
     ui = subparsers.add_parser(
@@ -194,6 +221,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "flows.pipeline", "--set", json.dumps(parse_assignments(args.set))]
     command += ["--result", str(result_file), "--parallel", str(args.parallel)]
     command += ["--stages", *args.stages] if args.stages else []
+    command += ["--pool", args.pool] if args.pool else []
     log = None if args.verbose else Path("logs") / time.strftime("run-%Y%m%d-%H%M%S.log", time.gmtime())
     if log:
         log.parent.mkdir(exist_ok=True)
@@ -315,6 +343,13 @@ def _foreground(command: list[str], env: dict[str, str]) -> int:
 
 
 @stoppable
+def _sweep(args: argparse.Namespace) -> int:
+    from components.sweep import run_sweep
+
+    return run_sweep(args)
+
+
+@stoppable
 def run_doctor(args: argparse.Namespace) -> int:
     _require_workspace()
     env = _environment()
@@ -347,6 +382,8 @@ def run_worker(args: argparse.Namespace) -> int:
     env = _environment()
     env.setdefault("PREFECT_API_URL", f"http://127.0.0.1:{PREFECT_PORT}/api")
     env["DEMONLAB_WORKSPACE"] = str(Path.cwd())  # prefect.yaml's pull step runs flows here
+    # named, and the name in its flow runs' environment, so a pipeline can tell when the worker of a stage is gone
+    env["DEMONLAB_WORKER"] = args.name or f"{socket.gethostname()}:{Path.cwd()}"
     check_prefect_login(env["PREFECT_API_URL"], env.get("PREFECT_API_AUTH_STRING"))
     prefect = str(Path(sys.executable).with_name("prefect"))
     steps = (
@@ -363,7 +400,8 @@ def run_worker(args: argparse.Namespace) -> int:
                 )
             )
     print(f"deployments of prefect.yaml registered; worker on pool {args.pool!r} (Ctrl-C stops it)", flush=True)
-    return _foreground([prefect, "worker", "start", "--pool", args.pool, "--type", "process"], env)
+    start = [prefect, "worker", "start", "--pool", args.pool, "--type", "process", "--name", env["DEMONLAB_WORKER"]]
+    return _foreground(start + (["--limit", str(args.limit)] if args.limit else []), env)
 
 
 @stoppable

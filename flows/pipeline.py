@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import mlflow
 from prefect import flow, get_run_logger, task
@@ -46,6 +46,8 @@ from components.dvc_stages import DvcStages, python_module, shell
 from components.errors import UserError
 from components.forkserver import ForkServer
 from components.lifetime import die_with_parent, dies_with_us
+from components.remote_stages import receive
+from components.sweep import SWEEP_RUN_ENV
 from components.tracking.compare import publish_report, share_comparison
 from components.tracking.provenance import stage_data_tags
 from components.tracking.runs import (
@@ -60,7 +62,11 @@ from components.tracking.runs import (
 )
 from flows.entry import USER_ERROR_EXIT, stage_main
 from flows.params import load_params, set_params
+from flows.pool import Pool, RemoteFailed, stage_files
 from flows.tracking import LEASE_TAG, claim_flow_run, reconcile
+
+if TYPE_CHECKING:
+    from dvc.stage import Stage
 
 RETRIES = 2
 EVALUATED = "merge@"  # a merge stage's run holds one model's scores in one view: what a comparison compares
@@ -81,10 +87,12 @@ class StageFailed(RuntimeError):
 
 @dataclass
 class Executor:
-    """What the stage tasks share: DVC's bookkeeping, the fork server, and each stage's peak memory."""
+    """What the stage tasks share: DVC's bookkeeping, where commands run (the fork server here, or the workers of a
+    work pool), and each stage's peak memory."""
 
     stages: DvcStages
-    server: ForkServer
+    server: ForkServer | None
+    pool: Pool | None = None
     peak_rss_mb: dict[str, int] = field(default_factory=dict)
 
     def reproduce(self, stage: str, env: dict[str, str], output: StageOutput) -> str:
@@ -92,6 +100,9 @@ class Executor:
         begun, pending = self.stages.begin(stage)
         if pending is None:
             return begun
+        if self.pool is not None:
+            self._on_pool(pending, env)
+            return "ran"
         commands, env, cwd = self.stages.commands(pending, env)
         print(f"Running stage '{stage}':", flush=True)  # as DVC says it, for the run's log
         for command in commands:
@@ -102,6 +113,28 @@ class Executor:
         self.stages.finish(pending)
         return "ran"
 
+    def _on_pool(self, stage: Stage, env: dict[str, str]) -> None:
+        """Run the begun `stage` on a worker of the pool, then record what it pushed, as `finish` records a run here."""
+        assert self.pool is not None
+        with self.stages.turn():  # dvc.lock between other stages' writes
+            files = stage_files(workspace())
+        print(f"Running stage '{stage.addressing}' on pool {self.pool.name!r}", flush=True)
+        try:
+            started = time.monotonic()
+            handback = self.pool.run(stage.addressing, files, env.get(PARENT_RUN_ENV, ""))
+            received = time.monotonic()
+            receive(self.stages, stage, handback)
+            steps = "".join(f"{step} {seconds:.2f} s, " for step, seconds in handback.get("seconds", {}).items())
+            print(  # for the log and docs/benchmarks.md: where a stage's time on the pool goes
+                f"stage '{stage.addressing}' on the pool: {received - started:.2f} s on the worker ({steps}the rest "
+                f"starting and handing back), {time.monotonic() - received:.2f} s fetching and recording here",
+                flush=True,
+            )
+        except RemoteFailed as error:
+            raise StageFailed(stage.addressing, USER_ERROR_EXIT if error.user_error else 1, f"error: {error}") from None
+        except UserError as error:  # the remote refused this workspace, or the run differs from what it would write
+            raise StageFailed(stage.addressing, USER_ERROR_EXIT, f"error: {error}") from None
+
     def _run(self, command: str, env: dict[str, str], cwd: str, output: StageOutput) -> tuple[int, str]:
         """Run one command line, echoing its output (progress bars included) to stdout and `output`; its exit
         status and the tail of its output for the error message."""
@@ -109,6 +142,7 @@ class Executor:
         with os.fdopen(read, "rb", buffering=0) as stream:
             try:  # the child holds the writing end; ours closes, so the output ends when the child does
                 if module:
+                    assert self.server is not None, "a pool runs no command here"
                     ended = self.server.start(module, env, cwd, write)
                 else:  # in this process's group, so a Ctrl-C reaches it too; ends if this process is killed
                     process = subprocess.Popen(
@@ -191,18 +225,19 @@ def _workspace_limit() -> str:
 
 @flow(name="demon-pipeline")
 def demon_pipeline(
-    stages: list[str] | None = None, set: dict[str, Any] | None = None, slots: int = 1
+    stages: list[str] | None = None, set: dict[str, Any] | None = None, slots: int = 1, pool: str | None = None
 ) -> dict[str, Any]:
     """Reproduce the pipeline (or only `stages`, with what they depend on left as DVC has it).
 
     `set`: parameter overrides, dotted keys of params.yaml (`{"train.max_steps": 20}`), applied before DVC runs.
     `slots`: how many independent stages may run at once (on a machine with several GPUs, each slot gets its own).
+    `pool`: run each stage on a worker of this Prefect work pool, its data through the DVC remote (`flows.pool`).
     """
     logger = get_run_logger()
     if deployment.get_id():  # started by a worker: end with it, as everything `demonlab` starts does
         die_with_parent()
     claim_flow_run()
-    with executor() as run:  # first: the fork server imports while the flow reconciles and waits for its turn
+    with executor(pool) as run:  # first: the fork server imports while the flow reconciles and waits for its turn
         for line in reconcile(f"pipeline flow run {flow_run.get_id()}"):
             logger.warning("reconciled: %s", line)
             EVENTS.emit("warning", text=f"reconciled: {line}")
@@ -226,6 +261,8 @@ def demon_pipeline(
                 "prefect.flow_run_id": str(flow_run.get_id() or ""),
                 "git.commit": git_commit() or "",
             }
+            if sweep := os.environ.get(SWEEP_RUN_ENV):  # one variant of `demonlab sweep`: a child of its run
+                tags["mlflow.parentRunId"] = sweep
             with start_run(run_name=name, tags=tags) as parent:
                 mlflow.log_params(loggable_params(params))  # refuses a credential before MLflow sees it
                 env = {**os.environ, PARENT_RUN_ENV: parent.info.run_id}
@@ -251,11 +288,21 @@ def demon_pipeline(
 
 
 @contextmanager
-def executor() -> Iterator[Executor]:
+def executor(pool: str | None = None) -> Iterator[Executor]:
     """The stage tasks' `Executor` for as long as the block: the fork server preloading every module the stages
-    run. Started from the flow's own thread, which the server's life is tied to."""
+    run, started from the flow's own thread, which the server's life is tied to; or, for a work pool, its workers."""
     global EXECUTOR
     stages = DvcStages(workspace())
+    if pool:
+        try:
+            with stages.turn():
+                outputs = {str(out) for stage in stages.repo.index.stages for out in stage.outs}
+            EXECUTOR = Executor(stages, None, Pool(pool, workspace(), outputs))
+            yield EXECUTOR
+        finally:
+            EXECUTOR = None
+            stages.close()
+        return
     # the project's stage flows, which do their work under `__main__` only; any other module runs fresh in its child
     modules = {m[1] for line in stages.command_lines() if (m := python_module(line)) and m[1].startswith("flows.")}
     try:
@@ -288,6 +335,8 @@ def schedule(upstream: dict[str, list[str]], env: dict[str, str], slots: int, pa
                 stage_env = {**env, "CUDA_VISIBLE_DEVICES": devices[slot % len(devices)]} if devices else env
                 future = run_stage.with_options(name=f"dvc-stage-{stage}").submit(stage, stage_env)
                 running[future] = (stage, slot)
+        if not running:  # what was left waited for a failed stage
+            break
         finished: PrefectFuture = next(as_completed(list(running)))
         stage, slot = running.pop(finished)
         free.append(slot)
@@ -332,12 +381,14 @@ def main() -> None:
     parser.add_argument("--set", default="{}", help="JSON parameter overrides, e.g. '{\"train.max_steps\": 20}'")
     parser.add_argument("--result", type=Path, default=None, help="write the run's summary (JSON) here")
     parser.add_argument("--parallel", type=int, default=1, help="independent stages run at once (default 1)")
+    parser.add_argument("--pool", default=None, help="run the stages on the workers of this Prefect work pool")
     parser.add_argument("--events", type=int, default=None, help="write progress events (JSON lines) to this fd")
     args = parser.parse_args()
     if args.events is not None:
         EVENTS.stream = os.fdopen(args.events, "w", encoding="utf-8")
     try:
-        result = demon_pipeline(stages=args.stages, set=json.loads(args.set) or None, slots=args.parallel)
+        overrides = json.loads(args.set) or None
+        result = demon_pipeline(stages=args.stages, set=overrides, slots=args.parallel, pool=args.pool)
     except (StageFailed, UserError) as error:  # Prefect has logged the details; end with the one line that matters
         result = {"error": str(error), "user_error": getattr(error, "user_error", True)}
     if args.result:  # the caller reports it

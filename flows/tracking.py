@@ -41,6 +41,8 @@ from components.tracking.runs import PARENT_RUN_ENV, run_name, stage_run, this_p
 
 PROCESS_TAG = "demonlab-process:"
 LEASE_TAG = "demonlab-lease:"
+DISPATCH_ENV = "DEMONLAB_DISPATCH"  # the `dvc-stage` flow run (flows.pool) that started this stage on a worker
+DISPATCH_TAG = "demonlab-dispatch:"
 UNFINISHED = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
 
 
@@ -60,6 +62,8 @@ def claim_flow_run(*tags: str, name: str | None = None) -> None:
     `name` replaces Prefect's generated one (`evaluate vpgc-captions images demon`, not `witty-otter`)."""
     if (run_id := flow_run.get_id()) is None:
         return
+    if dispatch := os.environ.get(DISPATCH_ENV):  # so the pipeline can end it if the worker dies
+        tags = (*tags, DISPATCH_TAG + dispatch)
     with get_client(sync_client=True) as client:
         tags = (*client.read_flow_run(UUID(run_id)).tags, workspace_key(), PROCESS_TAG + this_process(), *tags)
         client.update_flow_run(UUID(run_id), tags=sorted(set(tags)), name=name)
