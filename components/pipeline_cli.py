@@ -37,6 +37,7 @@ from components.security import check_exposure, check_prefect_login, redact
 POOL = "demonlab"
 PREFECT_PORT = 4200
 MLFLOW_PORT = 5000
+RESULTS = "docs/results.md"  # what the small experiment found: the main job is a smoke test of the same graph
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -333,6 +334,7 @@ def pipeline_summary(params: dict) -> list[str]:
             lines += [f"  {line}" for line in sentences(family, figures="parity")]
         lines += overall_summary(record)
         lines.append(f"report: {compare.with_name('compare.md').resolve()}")
+        lines.append(f"what VPG-C does with more training: {RESULTS} (the small experiment: no detectable effect)")
     return lines
 
 
