@@ -487,7 +487,8 @@ def test_filters_reject_edits_that_leak_or_do_nothing(tmp_path: Path, vision) ->
     verdicts = ClipFilter(clip)([*good, idle])
     assert [v.kept for v in verdicts] == [True] * 4 + [False]
     assert all(-1 <= v.scores["clip_image"] <= 1 for v in verdicts[:4])
-    narrow = synth_config(filter={"kind": "clip", "model": clip.model, "clip_min": 2.0}).filter
+    # a band no pair of an image and its edit falls in (cosines near -1)
+    narrow = synth_config(filter={"kind": "clip", "model": clip.model, "clip_min": -1.0, "clip_max": -0.999}).filter
     assert {v.code for v in ClipFilter(narrow)(good)} == {"clip_similarity"}
     # The direction rule alone: the same pair played backwards has the same image similarity and the opposite
     # direction, so at clip_min_direction 0 exactly one of the two passes, and the other fails on direction only.
