@@ -22,7 +22,7 @@ from components.errors import UserError
 from components.tracking.models import download_checkpoint
 from components.tracking.runs import configure
 from components.training.recipe import train
-from components.vpgc.checkpoints import CONFIG_FILE, WEIGHTS_FILE
+from components.vpgc.checkpoints import CONFIG_FILE, TRAINING_FILE, WEIGHTS_FILE
 from components.vpgc.model import VPGCModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,14 @@ def test_cli_tracks_the_run_and_registers_a_loadable_model(synth, tmp_path, monk
     assert run.data.params["train.resumed_from"] == "None"
     # summary.json holds what the run made; how it went (seconds, run id, model URI) is MLflow's and the printout's
     summary = json.loads((tmp_path / "vpgc" / "summary.json").read_text())
-    assert set(summary) == {"stage", "final", "steps", "heldout_loss_before", "heldout_loss_after"}
+    assert set(summary) == {
+        "stage",
+        "final",
+        "steps",
+        "heldout_loss_before",
+        "heldout_loss_after",
+        "heldout_loss_swapped",
+    }
     assert [m.step for m in client.get_metric_history(run_id, "heldout_loss")] == [0, 4]
     assert any(name.startswith("system/") for name in run.data.metrics), sorted(run.data.metrics)
     assert "loss_curve.png" in [f.path for f in client.list_artifacts(run_id)]
@@ -65,7 +72,7 @@ def test_cli_tracks_the_run_and_registers_a_loadable_model(synth, tmp_path, monk
     versions = {v.version: v for v in client.search_model_versions("name='vpgc-test'")}
     assert len(versions) == 2 and client.get_model_version_by_alias("vpgc-test", "vpgc").run_id == run_id
     folder = download_checkpoint("models:/vpgc-test@vpgc", tmp_path / "download")
-    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]  # never backbone weights
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_FILE, TRAINING_FILE, WEIGHTS_FILE]  # no backbones
     weights = load_file(folder / WEIGHTS_FILE)
     assert {k.split(".")[0] for k in weights} == {"vpg", "vpgc"}
     assert yaml.safe_load((folder / CONFIG_FILE).read_text())["model"]["llm"]["tokenizer"]  # names the backbone
