@@ -126,7 +126,7 @@ def test_pipeline_survives_a_kill_tracks_everything_and_knows_what_is_stale(
     finished = {r.data.tags["dvc.stage"] for r in runs if r.info.status == "FINISHED" and "dvc.stage" in r.data.tags}
     stages = set(run([*DVC, "stage", "list", "--name-only"], ws, env).stdout.split())
     assert finished == stages  # every stage finished
-    assert len(stages) == 5 + 3 + 1 + 1 + 1 + 1  # data, captions/align/synth, train, evaluate, merge, report
+    assert len(stages) == 5 + 1 + 3 + 1 + 1 + 1 + 1  # data, mini_train, captions/align/synth, train, eval, merge, rep.
 
     # the ablation's report, and the same numbers in DVC metrics and in the stage's MLflow run
     compare = json.loads((ws / "data/report/compare.json").read_text())
