@@ -13,6 +13,7 @@ nothing it started outlives it (`components.lifetime`); `doctor` ends what a kil
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import secrets
@@ -123,7 +124,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "in this repository. Talks to PREFECT_API_URL (default: the `demonlab server` on 127.0.0.1:4200).",
     )
     worker.add_argument("--pool", default=POOL, help=f"work pool name (default: {POOL})")
-    worker.add_argument("--name", default=None, help="this worker's name in Prefect (default: host and folder)")
+    worker.add_argument(
+        "--name", type=_worker_name, default=None, help="this worker's name in Prefect (default: host and folder)"
+    )
     worker.add_argument("--limit", type=int, default=None, help="flow runs (stages) at once on this worker")
     worker.set_defaults(handler=run_worker)
 
@@ -378,6 +381,18 @@ def run_server(args: argparse.Namespace) -> int:
     return _foreground(prefect_server_command(args.port, args.host), env)
 
 
+def default_worker_name(workspace: Path) -> str:
+    """Host and folder, unique per clone: Prefect refuses '/' and '%' in a worker's name, so the path is hashed."""
+    digest = hashlib.sha1(str(workspace.resolve()).encode()).hexdigest()[:8]
+    return _worker_name(f"{socket.gethostname()}:{workspace.resolve().name}-{digest}".replace("%", "-"))
+
+
+def _worker_name(name: str) -> str:
+    if not name or "/" in name or "%" in name:
+        raise argparse.ArgumentTypeError(f"{name!r}: a Prefect worker's name cannot be empty or contain '/' or '%'")
+    return name
+
+
 @stoppable
 def run_worker(args: argparse.Namespace) -> int:
     _require_workspace()
@@ -385,7 +400,7 @@ def run_worker(args: argparse.Namespace) -> int:
     env.setdefault("PREFECT_API_URL", f"http://127.0.0.1:{PREFECT_PORT}/api")
     env["DEMONLAB_WORKSPACE"] = str(Path.cwd())  # prefect.yaml's pull step runs flows here
     # named, and the name in its flow runs' environment, so a pipeline can tell when the worker of a stage is gone
-    env["DEMONLAB_WORKER"] = args.name or f"{socket.gethostname()}:{Path.cwd()}"
+    env["DEMONLAB_WORKER"] = args.name or default_worker_name(Path.cwd())
     check_prefect_login(env["PREFECT_API_URL"], env.get("PREFECT_API_AUTH_STRING"))
     prefect = str(Path(sys.executable).with_name("prefect"))
     steps = (
