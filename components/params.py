@@ -114,6 +114,8 @@ def _experiment_problems(name: Any) -> list[str]:
     path = experiment_path(name)
     if not path.is_file():
         known = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+        if not known:  # run outside a checkout: the stages read experiments/ relative to where they run
+            return [f"experiment: no {path} (no {EXPERIMENTS}/ folder here: run from the repository root)"]
         return [f"experiment: no {path}{suggest(name, known)}; known: {', '.join(known)}, got {show(name)}"]
     return []
 

@@ -159,6 +159,13 @@ def test_run_validates_params_and_every_experiment_use(assignment: str, line: st
     assert line in err and "Traceback" not in err, err
 
 
+def test_outside_a_checkout_the_experiment_problem_says_where_to_run(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no experiments/ here
+    assert "experiment: no experiments/tiny.yaml (no experiments/ folder here: run from the repository root)" in (
+        params_problems(PARAMS)
+    )
+
+
 def test_every_problem_is_listed_at_once(tmp_path: Path, capsys) -> None:
     document = broken("train.vpgc.lr", "fast")
     document["model"]["vpgc_layer"] = "x"

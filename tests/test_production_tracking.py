@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,8 +78,9 @@ def _boto(aws: dict[str, str]) -> dict[str, str]:
 
 
 def _normalize_workspace(ws: Path) -> Path:
-    """A folder the `normalize` stage can run in: params.yaml and a one-sample-per-task mini DEMON."""
-    ws.mkdir()
+    """A folder the `normalize` stage can run in: params.yaml, the experiments it names and a one-sample-per-task
+    mini DEMON."""
+    shutil.copytree(ROOT / "experiments", ws / "experiments")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     build_mini_demon(ws / params["data"]["raw"], per_task=1, seed=0)
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
