@@ -13,7 +13,7 @@ import pytest
 import yaml
 from evaluate_helpers import mini_normalized, tiny_experiment
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from workspace import project_workspace, run
+from workspace import own_cache, project_workspace, run
 
 from flows import evaluate as evaluate_flow
 
@@ -44,7 +44,7 @@ def test_evaluate_stage_reads_params_tracks_and_merges(tmp_path, prefect_api, mo
     shutil.copy(tiny_experiment(tmp_path), ws / "experiments" / "tiny-test.yaml")
     mini_normalized(tmp_path / "mini", per_task=2)
     shutil.copytree(tmp_path / "mini", ws / "data", dirs_exist_ok=True)
-    env = {**env, "DEMONLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env = {**env, **own_cache(tmp_path)}
     run([sys.executable, "-m", "flows.evaluate", "group", "tiny", "images", "multimodal-dialogue"], ws, env)
     bundle = ws / "data/eval/groups/tiny/images/multimodal-dialogue"
     results = json.loads((bundle / "results.json").read_text())

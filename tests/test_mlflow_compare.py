@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from workspace import project_workspace, run
+from workspace import own_cache, project_workspace, run
 
 from components.servers import free_port, server
 from components.tracking.evaluated import describe_mix
@@ -52,7 +52,7 @@ def test_the_comparison_shows_what_made_the_difference(
     for section, values in GRAPH.items():
         params[section].update(values)  # replaced, not merged: these maps define the stages
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**env, "DEMONLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env = {**env, **own_cache(tmp_path)}
     done = run([DEMONLAB, "run"], ws, env)
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])

@@ -18,7 +18,7 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from workspace import project_workspace, run
+from workspace import own_cache, project_workspace, run
 
 from components.servers import background
 from components.tracking.reconcile import RECONCILED_TAG
@@ -68,7 +68,7 @@ def test_pipeline_survives_a_kill_tracks_everything_and_knows_what_is_stale(
     for section, values in GRAPH.items():
         params[section].update(values)  # replaced, not merged: these maps define the stages
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**env, "DEMONLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env = {**env, **own_cache(tmp_path)}
 
     # 1. killed while training: everything before it is done, the training stage is half-way, and nothing could
     # record its end: the pipeline's and the stage's runs are left RUNNING

@@ -45,3 +45,17 @@ def project_workspace(tmp_path: Path, prefect_api: str, params: Mapping[str, Any
     run(["git", "add", "-A"], ws, env)
     run(["git", "commit", "-qm", "clone"], ws, env)
     return ws, env
+
+
+def own_cache(tmp_path: Path) -> dict[str, str]:
+    """Environment for pipeline stages of one test: a response cache of its own (no answer served from another
+    test's run) beside the machine's plain copy of the embedded LLM (made once, ~20 s, then only read), one thread
+    per stage."""
+    from components.vpgc.backbones import cache_root
+
+    shared = cache_root() / "llm"
+    shared.mkdir(parents=True, exist_ok=True)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "llm").symlink_to(shared)
+    return {"DEMONLAB_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
