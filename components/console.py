@@ -8,6 +8,7 @@ The pipeline flow (`flows.pipeline`) writes progress events, one JSON object a l
     {"event": "progress", "stage": S, "desc": D, "n": N, "total": T}   the stage's own tqdm bar
     {"event": "end", "stage": S, "outcome": O, "seconds": X}  O: ran | restored | unchanged | retrying | failed
                                                              | skipped (a stage it depends on failed)
+    {"event": "end", ..., "outcome": "retrying", "why": W}   why the stage runs again (a crash, a lost worker)
     {"event": "warning", "text": W}                         something a user can act on
 
 Stages may run side by side (`demonlab run --parallel`): each running stage has its own live line. The ETA adds up
@@ -144,13 +145,13 @@ class PipelineConsole:
     def _progress(self, stage: str, desc: str, n: int, total: int) -> None:
         self.progress.update(self.running[stage], completed=n, total=total, detail=f"{desc} {n}/{total}")
 
-    def _end(self, stage: str, outcome: str, seconds: float) -> None:
+    def _end(self, stage: str, outcome: str, seconds: float, why: str | None = None) -> None:
         self.outcomes[outcome] += 1
         if stage in self.running and outcome != "retrying":
             self.progress.remove_task(self.running.pop(stage))
         if outcome != "retrying":
             self.ended.add(stage)
-        line = f"{self._position(stage)}  {outcome:<9} {seconds:6.1f}s"
+        line = f"{self._position(stage)}  {outcome:<9} {seconds:6.1f}s" + (f"  ({why})" if why else "")
         self.progress.console.print(
             Text(line, style="red" if outcome in ("failed", "retrying", "skipped") else ""), soft_wrap=True
         )

@@ -82,6 +82,7 @@ class StageFailed(RuntimeError):
         # a stage's own one-line message (`flows.entry.stage_main`) says it best; else the end of its output
         said = [line.removeprefix("error: ") for line in tail.splitlines() if line.startswith("error: ")]
         ended = f"exited with {status}" if status >= 0 else f"killed by signal {-status}"
+        self.reason = "; ".join(said) if said else ended  # one line, for the console
         super().__init__(f"stage {stage!r} failed: " + ("\n".join(said) if said else f"({ended}) {tail}"))
 
 
@@ -188,8 +189,11 @@ def run_stage(stage: str, env: dict[str, str]) -> str:
     try:
         outcome = EXECUTOR.reproduce(stage, env, output)
     except StageFailed as error:
-        retrying = not error.user_error and task_run.get_run_count() <= RETRIES
-        EVENTS.emit("end", stage=stage, outcome="retrying" if retrying else "failed", seconds=_since(started))
+        seconds = _since(started)
+        if not error.user_error and task_run.get_run_count() <= RETRIES:  # the user reads why it runs again
+            EVENTS.emit("end", stage=stage, outcome="retrying", seconds=seconds, why=error.reason)
+        else:  # the one-line error the command ends with says why
+            EVENTS.emit("end", stage=stage, outcome="failed", seconds=seconds)
         raise
     EVENTS.emit("end", stage=stage, outcome=outcome, seconds=_since(started))
     return outcome

@@ -44,17 +44,20 @@ def test_stage_output_forwards_bars_and_warnings() -> None:
 def test_one_line_per_stage_and_an_eta_from_the_last_durations(tmp_path: Path) -> None:
     stages = ["acquire", "normalize", "train@synthetic"]
     events = [{"event": "plan", "stages": stages}]
+    lost = {"event": "end", "stage": "normalize", "outcome": "retrying", "seconds": 1.0, "why": "worker w-1 is gone"}
     for stage, outcome in zip(stages, ("unchanged", "ran", "ran"), strict=True):
         events += [{"event": "start", "stage": stage}, {"event": "warning", "text": "WARNING: once"}]
         events += [{"event": "progress", "stage": stage, "desc": "bar", "n": 1, "total": 2}]
+        events += [lost, {"event": "start", "stage": stage}] if stage == "normalize" else []
         events += [{"event": "end", "stage": stage, "outcome": outcome, "seconds": 2.5}]
     durations = tmp_path / "stage-seconds.json"
     screen = io.StringIO()
     view = PipelineConsole(durations, console=Console(file=screen, width=100))
-    assert view.follow(json.dumps(e) + "\n" for e in events) == {"unchanged": 1, "ran": 2}
+    assert view.follow(json.dumps(e) + "\n" for e in events) == {"unchanged": 1, "retrying": 1, "ran": 2}
     assert screen.getvalue().splitlines() == [
         "WARNING: once",  # a repeated warning is shown once
         "1/3 acquire          unchanged    2.5s",
+        "2/3 normalize        retrying     1.0s  (worker w-1 is gone)",  # why it runs again
         "2/3 normalize        ran          2.5s",
         "3/3 train@synthetic  ran          2.5s",
     ]
