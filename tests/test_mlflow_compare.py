@@ -1,7 +1,8 @@
 """The comparison `demonlab run` links, on the main job's shape at its smallest: the ablation's three models (backbone,
 VPG-C trained on captions, on synthetic data) in both views. Each merge run carries what defines its model (from the
 checkpoint's own training record) and links its training run and logged model; the logged models hold the scores; the
-parent run holds the report; the printed URL opens, in Chromium, on the params that differ and the headline score."""
+parent run holds the report; the printed URL opens, in Chromium, on the params that differ and the headline score;
+MLflow's Models view lists the trained checkpoints, each with its scores."""
 
 from __future__ import annotations
 
@@ -116,9 +117,20 @@ def test_the_comparison_shows_what_made_the_difference(
         page = browser.new_page(viewport={"width": 1800, "height": 1250})
         page.goto(f"http://127.0.0.1:{port}{path}")
         expect(page.get_by_text("6 matching runs")).to_be_visible(timeout=60_000)
-        # Which chart shows the differing params (parallel coordinates) is not yet checked here: the first try
-        # found no plot element (branch wip/mlflow-compare-ui holds those assertions for the next session).
+        # the saved view's difference table: only the params that differ, the training variant and the view among
+        # them, each run's value beside it
+        differs = page.get_by_text("What differs", exact=False).first
+        expect(differs).to_be_visible(timeout=60_000)
+        for shown in ("train.variant", "view", "model.name", "captions", "synthetic", "blind"):
+            expect(page.get_by_text(shown, exact=True).first).to_be_visible(timeout=30_000)
         page.screenshot(path=tmp_path / "compare.png")
+        # the Models view lists every trained checkpoint; a model's page holds its scores per view
+        page.goto(f"http://127.0.0.1:{port}/#/experiments/{experiment}/models")
+        for name in logged:
+            expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=60_000)
+        page.goto(f"http://127.0.0.1:{port}/#/experiments/{experiment}/models/{logged['vpgc-synthetic'].model_id}")
+        expect(page.get_by_text("parity.overall", exact=True).first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("DEMON blind", exact=False).first).to_be_visible(timeout=30_000)
         browser.close()
     if folder := os.environ.get("DEMONLAB_SCREENSHOTS"):  # docs/img: the page docs/orchestration.md shows
         shutil.copy(tmp_path / "compare.png", Path(__file__).resolve().parents[1] / folder / "mlflow-compare.png")
