@@ -1,11 +1,13 @@
-"""The comparison `demonlab run` links, on the main job's shape at its smallest: the ablation's three models (backbone,
-VPG-C trained on captions, on synthetic data) in both views. Each merge run carries what defines its model (from the
-checkpoint's own training record) and links its training run and logged model; the logged models hold the scores; the
-parent run holds the report; the printed URL opens, in Chromium, on the params that differ and the headline score;
-MLflow's Models view lists the trained checkpoints, each with its scores."""
+"""The comparison `demonlab run` links, on the shipped graph at its smallest: params.yaml's models (the backbone,
+VPG-C trained on captions, on synthetic data, and the in-distribution upper bound) in both views. Each merge run
+carries what defines its model (from the checkpoint's own training record) and links its training run and logged
+model; the logged models hold the scores; the parent run holds the report, which answers the declared contrasts; the
+printed URL opens, in Chromium, on the params that differ and the headline score; MLflow's Models view lists the
+trained checkpoints, each with its scores."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,31 +17,15 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from workspace import own_cache, project_workspace, run
+from workspace import SMALLEST, own_cache, project_workspace, run
 
 from components.servers import free_port, server
 from components.tracking.evaluated import describe_mix
 
-pytestmark = pytest.mark.slow  # a pipeline of 22 stages, then the MLflow UI in a browser
+pytestmark = pytest.mark.slow  # the shipped pipeline (29 stages), then the MLflow UI in a browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DEMONLAB = str(Path(sys.executable).with_name("demonlab"))
-SMALL = {"synth": {"limit": 24}, "train": {"max_steps": 2}, "evaluate": {"limit": 1, "batch_size": 8},
-         "data": {"mini_train": {"per_task": 2}}}  # fmt: skip
-MODELS = {
-    "backbone": {"model": "data/checkpoints/backbone/final", "vpgc": "off"},
-    "vpgc-captions": "data/checkpoints/vpgc-captions/final",
-    "vpgc-synthetic": "data/checkpoints/vpgc-synthetic/final",
-}
-GRAPH = {
-    "train": {"variants": {"synthetic": {}, "captions": {"mix": {"SynthCaption": 8}}}},
-    "evaluate": {
-        "models": MODELS,
-        "groups": {"demon": ["visual-relation-inference"]},
-        "views": ["images", "blind"],
-        "contrasts": None,
-    },
-}
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
@@ -48,11 +34,8 @@ def test_the_comparison_shows_what_made_the_difference(
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    ws, env = project_workspace(tmp_path, prefect_api, SMALL)
+    ws, env = project_workspace(tmp_path, prefect_api, SMALLEST)  # the shipped graph, unchanged
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    for section, values in GRAPH.items():
-        params[section].update(values)  # replaced, not merged: these maps define the stages
-    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**env, **own_cache(tmp_path)}
     done = run([DEMONLAB, "run"], ws, env)
 
@@ -64,13 +47,15 @@ def test_the_comparison_shows_what_made_the_difference(
 
     # what defines each model, from its checkpoint's record, against what params.yaml and the experiment say
     tiny = yaml.safe_load((ws / "experiments/tiny.yaml").read_text())["train"]
-    captions = {**tiny["vpgc"], "mix": {"SynthCaption": 8}}
-    trained = {"backbone": ("align", "align", tiny["align"]), "vpgc-captions": ("captions", "captions", captions),
-               "vpgc-synthetic": ("synthetic", "synthetic", tiny["vpgc"])}  # fmt: skip
+    trained = {"backbone": ("align", "align", tiny["align"])} | {
+        f"vpgc-{variant}": (f"train@{variant}", variant, {**tiny["vpgc"], **changes})
+        for variant, changes in params["train"]["variants"].items()
+    }
+    assert set(trained) == set(params["evaluate"]["models"])  # the graph this test stands for
     logged = {m.name: m for m in mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")}
-    assert set(logged) == {"backbone", "vpgc-captions", "vpgc-synthetic"}  # every trained checkpoint
-    for name, (stage_item, variant, settings) in trained.items():
-        train_run = by_stage["align" if stage_item == "align" else f"train@{stage_item}"]
+    assert set(logged) == set(trained)  # every trained checkpoint
+    for name, (stage, variant, settings) in trained.items():
+        train_run = by_stage[stage]
         model = logged[name]
         assert model.source_run_id == train_run.info.run_id
         for view in ("images", "blind"):
@@ -96,6 +81,10 @@ def test_the_comparison_shows_what_made_the_difference(
     assert by_stage["merge@vpgc-synthetic-images"].data.tags["demonlab.registered_model"] == "demonlab-tiny/1"
     assert "demonlab.registered_model" not in by_stage["merge@vpgc-captions-images"].data.tags
 
+    # the report answers the declared contrasts, Holm-adjusted as one family (both scorers)
+    family = json.loads((ws / "data/report/compare.json").read_text())["contrasts"]
+    assert family["family"] == "declared" and len(family["records"]) == 2 * len(params["evaluate"]["contrasts"])
+
     # the parent run holds the report and says what it found
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "report")}
     assert artifacts == {"report/compare.md", "report/compare.json", "report/compare.png"}
@@ -116,7 +105,7 @@ def test_the_comparison_shows_what_made_the_difference(
         )
         page = browser.new_page(viewport={"width": 1800, "height": 1250})
         page.goto(f"http://127.0.0.1:{port}{path}")
-        expect(page.get_by_text("6 matching runs")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(f"{2 * len(trained)} matching runs")).to_be_visible(timeout=60_000)
         # the saved view's difference table: only the params that differ, the training variant and the view among
         # them, each run's value beside it
         differs = page.get_by_text("What differs", exact=False).first

@@ -18,7 +18,7 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from workspace import own_cache, project_workspace, run
+from workspace import ONE_MODEL, SMALLEST, own_cache, project_workspace, run
 
 from components.servers import background
 from components.tracking.reconcile import RECONCILED_TAG
@@ -28,18 +28,8 @@ pytestmark = pytest.mark.slow  # the whole pipeline, run twice
 
 DEMONLAB = str(Path(sys.executable).with_name("demonlab"))
 DVC = [sys.executable, "-m", "dvc"]
-# every kind of stage at its smallest: a few scenes, two optimizer steps, one DEMON sample per task, one model
-# (VPG-C on synthetic data) seeing its images, on one task group holding every category (`all`)
-SMALL = {"synth": {"limit": 24}, "train": {"max_steps": 2}, "evaluate": {"limit": 1, "batch_size": 8}}
-GRAPH = {
-    "train": {"variants": {"synthetic": {}}},
-    "evaluate": {
-        "models": {"vpgc-synthetic": "data/checkpoints/vpgc-synthetic/final"},
-        "groups": {"demon": "all"},
-        "views": ["images"],
-        "contrasts": None,  # the shipped ones name models this graph leaves out
-    },
-}
+# every kind of stage at its smallest, one model on one task group holding every category (`all`)
+GRAPH = {**ONE_MODEL, "evaluate": {**ONE_MODEL["evaluate"], "groups": {"demon": "all"}}}
 
 
 def stage_runs(env: dict) -> list:
@@ -63,11 +53,7 @@ def kill_when(console: Path, ws: Path, text: str, process, timeout: float = 600)
 def test_pipeline_survives_a_kill_tracks_everything_and_knows_what_is_stale(
     tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ws, env = project_workspace(tmp_path, prefect_api, SMALL)
-    params = yaml.safe_load((ws / "params.yaml").read_text())
-    for section, values in GRAPH.items():
-        params[section].update(values)  # replaced, not merged: these maps define the stages
-    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ws, env = project_workspace(tmp_path, prefect_api, SMALLEST, GRAPH)
     env = {**env, **own_cache(tmp_path)}
 
     # 1. killed while training: everything before it is done, the training stage is half-way, and nothing could

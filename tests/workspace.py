@@ -18,6 +18,24 @@ from components.experiment import deep_merge
 ROOT = Path(__file__).resolve().parents[1]
 # Small enough for a test, the real code path all the same.
 TEST_PARAMS: dict[str, Any] = {"data": {"mini": {"per_task": 2}}}
+# The whole pipeline at its smallest: a few scenes, two optimizer steps a model, one DEMON sample a task evaluated; the
+# upper bound's training split keeps more than the 8 held-out samples a task
+SMALLEST: dict[str, Any] = {
+    "data": {"mini_train": {"per_task": 10}},
+    "synth": {"limit": 24},
+    "train": {"max_steps": 2},
+    "evaluate": {"limit": 1, "batch_size": 8},
+}
+# The graph cut to one model, VPG-C on synthetic data, seeing its images (no declared contrasts: the shipped ones name
+# models it leaves out)
+ONE_MODEL: dict[str, Any] = {
+    "train": {"variants": {"synthetic": {}}},
+    "evaluate": {
+        "models": {"vpgc-synthetic": "data/checkpoints/vpgc-synthetic/final"},
+        "views": ["images"],
+        "contrasts": None,
+    },
+}
 
 
 def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
@@ -27,7 +45,14 @@ def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.
     return done
 
 
-def project_workspace(tmp_path: Path, prefect_api: str, params: Mapping[str, Any] | None = None) -> tuple[Path, dict]:
+def project_workspace(
+    tmp_path: Path,
+    prefect_api: str,
+    params: Mapping[str, Any] | None = None,
+    graph: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[Path, dict]:
+    """The copy at `tmp_path/ws`, params.yaml with `params` merged in and `graph`'s keys replacing their section's
+    (the maps that define stages: variants, models, views); its environment."""
     ws = tmp_path / "ws"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for folder in ("components", "flows", "experiments"):
@@ -36,6 +61,8 @@ def project_workspace(tmp_path: Path, prefect_api: str, params: Mapping[str, Any
         shutil.copy(ROOT / name, ws / name)
     shutil.copytree(ROOT / "data", ws / "data", ignore=shutil.ignore_patterns(*(p.name for p in ROOT.glob("data/*/"))))
     merged = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), deep_merge(TEST_PARAMS, params or {}))
+    for section, values in (graph or {}).items():
+        merged[section].update(values)
     (ws / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlflow.db'}"}
     env.pop("DEMONLAB_WORKSPACE", None)
