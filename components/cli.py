@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from components import check, pipeline_cli
+from components import check
 from components.demo import cli as demo_cli
 from components.demon import cli as demon_cli
 from components.errors import UserError
 from components.evaluation import cli as evaluation_cli
+from components.runtime import pipeline_cli
 from components.synth import cli as synth_cli
 from components.training import cli as training_cli
 from components.vpgc import cli as vpgc_cli

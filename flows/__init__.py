@@ -10,7 +10,7 @@ import os
 import sys
 from importlib.util import find_spec
 
-from components.quiet import quiet
+from components.runtime.quiet import quiet
 from flows.entry import USER_ERROR_EXIT
 
 quiet(os.environ)

@@ -15,7 +15,8 @@ USER_ERROR_EXIT = 2  # the pipeline does not retry a stage that exited with this
 
 
 def stage_main(entry: Callable[[], object]) -> None:
-    from components.lifetime import die_with_parent  # not at the top: `flows/__init__` imports this under any Python
+    # not at the top: `flows/__init__` imports this module under any Python
+    from components.runtime.lifetime import die_with_parent
     from components.security import check_prefect_login
 
     die_with_parent()

@@ -1,18 +1,17 @@
 """The pipeline flow: every stale DVC stage as a Prefect task, inside one MLflow parent run, up to `slots` at once.
 
-The executor keeps DVC the judge and the record (`components.dvc_stages`: the steps and calls of `dvc repro
---single-item`, so `dvc.lock` is what it writes) but runs each stage's `python -m flows.<stage>` in a child forked
-from a server that imported torch, transformers, Prefect, MLflow and the stage modules once (`components.forkserver`):
-a stage starts in milliseconds instead of ~10 s, still a process of its own (its own Prefect flow run and MLflow run,
-its memory returned when it ends). Stages that do not depend on each other run side by side on `slots` (each slot
-its own GPU where there are several); a failed stage stops only the stages downstream of it. Prefect result caching
-is off: DVC knows what is stale. One pipeline runs per workspace at a time (a global concurrency limit named after
-the workspace). Each stage's own flow run becomes a child MLflow run through `DEMONLAB_PARENT_RUN_ID`; after it
-finishes, the child and the parent are tagged with the DVC hashes of what it read and wrote. Before anything, it
-reconciles what a killed run of the workspace left running in MLflow and Prefect (`flows.tracking.reconcile`).
-Started by `demonlab run`, it reports progress as events on a pipe (`--events`, `components.console`) while
-everything else it and the stages print goes to stdout, which `demonlab run` sends to the run's log file.
-"""
+The executor keeps DVC the judge and the record (`components.runtime.dvc_stages`: the steps and calls of `dvc repro
+--single-item`, so `dvc.lock` is what it writes) but runs each stage's `python -m flows.<stage>` in a child forked from
+a server that imported torch, transformers, Prefect, MLflow and the stage modules once
+(`components.runtime.forkserver`): a stage starts in milliseconds instead of ~10 s, still a process of its own (its own
+Prefect flow run and MLflow run, its memory returned when it ends). Stages that do not depend on each other run side by
+side on `slots` (each slot its own GPU where there are several); a failed stage stops only the stages downstream of it.
+Prefect result caching is off: DVC knows what is stale. One pipeline runs per workspace at a time (a global concurrency
+limit named after the workspace). Each stage's own flow run becomes a child MLflow run through `DEMONLAB_PARENT_RUN_ID`;
+after it finishes, the child and the parent are tagged with the DVC hashes of what it read and wrote. Before anything,
+it reconciles what a killed run of the workspace left running in MLflow and Prefect (`flows.tracking.reconcile`).
+Started by `demonlab run`, it reports progress as events on a pipe (`--events`, `components.runtime.console`) while
+everything else it and the stages print goes to stdout, which `demonlab run` sends to the run's log file."""
 
 from __future__ import annotations
 
@@ -41,13 +40,13 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import deployment, flow_run, task_run
 
 from components.atomic import write_json
-from components.console import Events, StageOutput
-from components.dvc_stages import DvcStages, python_module, shell
 from components.errors import UserError
-from components.forkserver import ForkServer
-from components.lifetime import die_with_parent, dies_with_us
-from components.remote_stages import receive
-from components.sweep import SWEEP_RUN_ENV
+from components.runtime.console import Events, StageOutput
+from components.runtime.dvc_stages import DvcStages, python_module, shell
+from components.runtime.forkserver import ForkServer
+from components.runtime.lifetime import die_with_parent, dies_with_us
+from components.runtime.remote_stages import receive
+from components.runtime.sweep import SWEEP_RUN_ENV
 from components.tracking.compare import publish_report, share_comparison
 from components.tracking.provenance import stage_data_tags
 from components.tracking.runs import (

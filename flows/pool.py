@@ -3,17 +3,16 @@
 The worker's side is the `dvc_stage` flow, run in the worker's own clone of the repository (`demonlab worker`, or a
 Docker/Kubernetes job whose image holds the project): a worktree at the pipeline's commit, the stage's inputs pulled
 from the DVC remote, the stage run, its outputs pushed, and the stage's `dvc.lock` entry handed back as an artifact of
-the flow run (`components.remote_stages`). A user's mistake on the worker (no remote credentials, a commit not pushed)
-ends the flow run Failed with a message that says so, which the pipeline does not retry.
+the flow run (`components.runtime.remote_stages`). A user's mistake on the worker (no remote credentials, a commit not
+pushed) ends the flow run Failed with a message that says so, which the pipeline does not retry.
 
 The pipeline's side is `Pool`: it registers the deployment on the pool (named after it, with the pull steps of
 `prefect.yaml`), starts one flow run per stage and waits for it. A worker that dies (SIGKILL, a lost machine) stops
 sending heartbeats to Prefect; once three are missed (Prefect's own rule for an offline worker) the pipeline ends what
 the dead worker left running (the flow run Crashed, the stage's MLflow runs KILLED) and the stage fails as a transient
-failure, so the pipeline's retry starts it again, on whichever worker takes it. Nothing reached the remote or
-`dvc.lock` from the dead attempt: a worker pushes only after the stage succeeded, the pipeline records only what it
-fetched back.
-"""
+failure, so the pipeline's retry starts it again, on whichever worker takes it. Nothing reached the remote or `dvc.lock`
+from the dead attempt: a worker pushes only after the stage succeeded, the pipeline records only what it fetched
+back."""
 
 from __future__ import annotations
 
@@ -49,10 +48,10 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Crashed, Failed, State
 from prefect.utilities.callables import parameter_schema
 
-from components.dvc_stages import DvcStages, shell
 from components.errors import UserError
-from components.lifetime import die_with_parent, dies_with_us
-from components.remote_stages import Handback, check_remote, checkout, git, pull_inputs, push_outputs
+from components.runtime.dvc_stages import DvcStages, shell
+from components.runtime.lifetime import die_with_parent, dies_with_us
+from components.runtime.remote_stages import Handback, check_remote, checkout, git, pull_inputs, push_outputs
 from components.security import redact
 from components.tracking.reconcile import RECONCILED_TAG
 from components.tracking.runs import PARENT_RUN_ENV, run_name, tracking_uri, workspace

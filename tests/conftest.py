@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from components.quiet import quiet
+from components.runtime.quiet import quiet
 
 quiet(os.environ)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,7 +20,7 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PAT
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory):
     """A real Prefect server on 127.0.0.1 for the whole session; yields its API URL."""
-    from components.servers import prefect_server
+    from components.runtime.servers import prefect_server
 
     with prefect_server(tmp_path_factory.mktemp("prefect")) as url:
         yield url

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from components.servers import free_port
+from components.runtime.servers import free_port
 
 
 def server_bin() -> Path | None:

@@ -36,8 +36,8 @@ from workspace import ONE_MODEL, SMALLEST, own_cache, project_workspace, run
 
 from components import cli
 from components.errors import UserError
+from components.runtime.servers import background, free_port, prefect_server_command, server
 from components.security import PREFECT_LOGIN, check_exposure, redact
-from components.servers import background, free_port, prefect_server_command, server
 from components.tracking.models import download_checkpoint
 from components.tracking.runs import MLFLOW_LOGIN, PARENT_RUN_ENV, loggable_params, stage_run, write_metrics
 

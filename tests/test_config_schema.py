@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from components import cli, pipeline_cli
+from components import cli
 from components.params import params_problems
+from components.runtime import pipeline_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((ROOT / "experiments/tiny.yaml").read_text())

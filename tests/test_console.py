@@ -17,8 +17,8 @@ import yaml
 from rich.console import Console
 from workspace import ROOT
 
-from components.console import Events, PipelineConsole, StageOutput
-from components.pipeline_cli import MLFLOW_PORT, look_further
+from components.runtime.console import Events, PipelineConsole, StageOutput
+from components.runtime.pipeline_cli import MLFLOW_PORT, look_further
 from components.tracking.compare import share_comparison
 from components.tracking.runs import pipeline_run_name, run_name, stage_run, write_metrics
 

@@ -35,7 +35,7 @@ from components.errors import UserError
 from components.evaluation.adapters import load_adapter
 from components.evaluation.evaluate import evaluate
 from components.evaluation.settings import EvalSettings
-from components.servers import free_port, server
+from components.runtime.servers import free_port, server
 from components.vpgc.checkpoints import save_checkpoint
 from components.vpgc.generation import GenerationSettings
 from components.vpgc.prompts import Turn

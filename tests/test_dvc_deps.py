@@ -22,9 +22,9 @@ PROJECT = ("components", "flows")
 NEVER_OUTPUTS = {
     "components/tracking": "MLflow runs, tags, provenance and the model registry; write_metrics' file is pinned by "
     "tests (test_train_tracking, test_intervals), a format change there would otherwise rerun the whole graph",
-    "components/lifetime.py": "process lifetime (parent-death signal, exits)",
-    "components/console.py": "what the console shows",
-    "components/quiet.py": "the tools' telemetry switched off",
+    "components/runtime/lifetime.py": "process lifetime (parent-death signal, exits)",
+    "components/runtime/console.py": "what the console shows",
+    "components/runtime/quiet.py": "the tools' telemetry switched off",
     "components/errors.py": "the exception types of user mistakes",
     "components/security.py": "credential checks and redaction of what is logged",
     "components/atomic.py": "how a file is written (temp file + rename), not what",

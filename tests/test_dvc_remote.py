@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from workspace import ROOT, project_workspace, run
 
-from components.servers import free_port
+from components.runtime.servers import free_port
 
 DVC = [sys.executable, "-m", "dvc"]
 pytestmark = pytest.mark.slow  # a pipeline stage and an S3 server

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from workspace import project_workspace, run
 
-from components.quiet import QUIET
+from components.runtime.quiet import QUIET
 
 DVC = [sys.executable, "-m", "dvc"]
 HINT = "`source .venv/bin/activate`"
@@ -48,7 +48,8 @@ def test_a_stage_run_by_a_python_without_the_dependencies_says_what_to_do(tmp_pa
 
 def test_stage_processes_quiet_the_tools_unless_the_user_says_otherwise(workspace) -> None:
     ws, env = workspace
-    code = "import json, os, flows, components.quiet as q; print(json.dumps({n: os.environ[n] for n in q.QUIET}))"
+    code = "import json, os, flows, components.runtime.quiet as q; "
+    code += "print(json.dumps({n: os.environ[n] for n in q.QUIET}))"
     show = [sys.executable, "-c", code]  # what a stage process has once `flows` is imported
     assert json.loads(run(show, ws, env).stdout) == QUIET
     loud = {"PREFECT_SERVER_ANALYTICS_ENABLED": "true"}

@@ -1,7 +1,7 @@
-"""The pipeline executor (`flows.pipeline` with `components.dvc_stages` and `components.forkserver`): stages forked
-from a warm server behave as `python -m` processes, write the `dvc.lock` that `dvc repro` writes, run side by side
-with `--parallel`, and a failed branch stops only what depends on it. A toy project keeps it quick: four stages of a
-few lines each, in the real pipeline flow with the real DVC, Prefect and MLflow."""
+"""The pipeline executor (`flows.pipeline` with `components.runtime.dvc_stages` and `components.runtime.forkserver`):
+stages forked from a warm server behave as `python -m` processes, write the `dvc.lock` that `dvc repro` writes, run side
+by side with `--parallel`, and a failed branch stops only what depends on it. A toy project keeps it quick: four stages
+of a few lines each, in the real pipeline flow with the real DVC, Prefect and MLflow."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from workspace import project_workspace, run
 
-from components.forkserver import ForkServer
+from components.runtime.forkserver import ForkServer
 
 DEMONLAB = str(Path(sys.executable).with_name("demonlab"))
 DVC = [sys.executable, "-m", "dvc"]

@@ -3,7 +3,7 @@
 The damaged source has what real downloads have: a task file that starts with a UTF-8 BOM (ALFRED), one whose
 JSON is truly broken (VIST), and a link that points inside the archive but outside its task (TQA's `link.png`,
 to a file at the archive's top). It is packed as `.tar.gz` and `.zip` and served over HTTP on 127.0.0.1 by a
-separate `http.server` process that `components.servers.server` stops by its process group.
+separate `http.server` process that `components.runtime.servers.server` stops by its process group.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from test_normalize import unprivileged
 from components.demon.acquire import fetch
 from components.demon.normalize import normalize
 from components.demon.registry import get_task
-from components.servers import free_port, server
+from components.runtime.servers import free_port, server
 
 DEMONLAB = [sys.executable, "-m", "components.cli"]
 

@@ -26,7 +26,7 @@ from components.evaluation.intervals import (
     score_intervals,
 )
 from components.evaluation.scorers import score_task
-from components.pipeline_cli import pipeline_summary
+from components.runtime.pipeline_cli import pipeline_summary
 
 FAST = Bootstrap(resamples=2000)
 INTERVAL_KEYS = {"scorer", "level", "name", "n", "score", "ci_low", "ci_high"}

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from workspace import SMALLEST, own_cache, project_workspace, run
 
-from components.servers import free_port, server
+from components.runtime.servers import free_port, server
 from components.tracking.evaluated import describe_mix
 
 pytestmark = pytest.mark.slow  # the shipped pipeline (29 stages), then the MLflow UI in a browser

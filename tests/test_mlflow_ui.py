@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from components.servers import free_port, server
+from components.runtime.servers import free_port, server
 from components.tracking.runs import stage_run, write_metrics
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

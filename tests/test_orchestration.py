@@ -12,7 +12,7 @@ import mlflow
 import pytest
 from workspace import project_workspace, run
 
-from components.servers import background
+from components.runtime.servers import background
 
 pytestmark = pytest.mark.slow  # a Prefect server, a worker and pipeline runs
 

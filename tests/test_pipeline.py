@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags, Log
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from workspace import ONE_MODEL, SMALLEST, own_cache, project_workspace, run
 
-from components.servers import background
+from components.runtime.servers import background
 from components.tracking.reconcile import RECONCILED_TAG
 from components.tracking.runs import workspace_key
 

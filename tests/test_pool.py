@@ -1,4 +1,4 @@
-"""Stages across machines (`demonlab run --pool`, `flows.pool`, `components.remote_stages`): two Prefect process
+"""Stages across machines (`demonlab run --pool`, `flows.pool`, `components.runtime.remote_stages`): two Prefect process
 workers, each in its own clone of the repository (two "machines" sharing no files), an S3 server on 127.0.0.1 as the
 DVC remote, one Prefect server and one MLflow server. The toy project of `test_executor` keeps it quick; its stages
 record an MLflow run each, as the project's stages do, so the tracking of remote stages is checked too."""
@@ -27,7 +27,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from test_executor import STAGES, TOY, console_lines, toy_project
 from workspace import run
 
-from components.servers import background, free_port, prefect_server_command, prefect_ui_env, wait_http
+from components.runtime.servers import background, free_port, prefect_server_command, prefect_ui_env, wait_http
 
 pytestmark = pytest.mark.slow  # servers, two workers, pipeline runs
 

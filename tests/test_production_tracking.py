@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from components.demon.mini import build_mini_demon
-from components.servers import free_port, server
+from components.runtime.servers import free_port, server
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [

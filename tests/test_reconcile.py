@@ -21,7 +21,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Completed, Pending, Running
 
-from components.servers import free_port, server
+from components.runtime.servers import free_port, server
 from components.tracking.reconcile import RECONCILED_TAG
 from components.tracking.runs import PROCESS_TAG, WORKSPACE_TAG, configure, workspace_key
 from flows.tracking import LEASE_TAG, reconcile

@@ -21,7 +21,7 @@ import psutil
 import pytest
 from workspace import project_workspace
 
-from components.servers import background, free_port, wait_http
+from components.runtime.servers import background, free_port, wait_http
 
 pytestmark = pytest.mark.slow  # servers and pipelines, stopped by signals
 
@@ -150,7 +150,7 @@ def test_a_killed_worker_leaves_nothing_running(tmp_path: Path, prefect_api: str
 
 def test_without_the_kernels_help_a_watchdog_ends_a_process_whose_parent_died() -> None:
     """Elsewhere than Linux no parent-death signal exists: `die_with_parent` watches the parent's pid instead."""
-    code = "import time; from components import lifetime; lifetime._libc = None; lifetime.die_with_parent(); "
+    code = "import time; from components.runtime import lifetime; lifetime._libc = None; lifetime.die_with_parent(); "
     code += "print('armed', flush=True); time.sleep(60)"
     middle = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {code!r}]); time.sleep(60)"
     with subprocess.Popen([sys.executable, "-c", middle], stdout=subprocess.PIPE, text=True) as parent:

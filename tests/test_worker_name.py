@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from components.pipeline_cli import default_worker_name
+from components.runtime.pipeline_cli import default_worker_name
 
 DEMONLAB = str(Path(sys.executable).with_name("demonlab"))
 

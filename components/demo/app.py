@@ -379,4 +379,4 @@ def serve(engine: Engine, options: Options, host: str, port: int) -> None:
             max_file_size=2 * options.limits.max_bytes,
         )
     finally:
-        page.close()  # a stop signal (components.lifetime.Stopped) ends launch's loop here: free the port first
+        page.close()  # a stop signal (components.runtime.lifetime.Stopped) ends launch's loop here: free the port first

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from components.lifetime import stoppable
+from components.runtime.lifetime import stoppable
 
 DEFAULT_PORT = 7860  # Gradio's
 PAPER_CHECKPOINT = "vpgc-synthetic/final"  # the pipeline's model trained with the paper's recipe (params.yaml train)
@@ -61,7 +61,7 @@ def offered_models(checkpoints: Path, experiments: Path) -> list[str]:
 
 @stoppable
 def run_demo(args: argparse.Namespace) -> int:
-    from components.quiet import quiet
+    from components.runtime.quiet import quiet
     from components.security import check_exposure
 
     check_exposure(

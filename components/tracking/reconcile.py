@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import mlflow
 from mlflow.entities import Run
 
-from components.lifetime import exited
+from components.runtime.lifetime import exited
 from components.tracking.runs import PROCESS_TAG, WORKSPACE_TAG, configure, workspace
 
 RECONCILED_TAG = "demonlab.reconciled"

@@ -37,7 +37,7 @@ from contextlib import suppress
 from itertools import count
 from typing import Any, NoReturn
 
-from components.lifetime import GRACE, die_with_parent, dies_with_us
+from components.runtime.lifetime import GRACE, die_with_parent, dies_with_us
 
 MAX_MESSAGE = 1 << 20  # a request carries its environment: a few KiB
 
@@ -49,7 +49,7 @@ class ForkServer:
 
     def __init__(self, preload: list[str], cwd: str | None = None) -> None:
         self._socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        command = [sys.executable, "-m", "components.forkserver", str(theirs.fileno()), *preload]
+        command = [sys.executable, "-m", "components.runtime.forkserver", str(theirs.fileno()), *preload]
         # in this process's group, as a stage started directly would be: a Ctrl-C reaches the stages too
         self.process = subprocess.Popen(command, cwd=cwd, pass_fds=(theirs.fileno(),), preexec_fn=dies_with_us())
         theirs.close()

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from components.errors import UserError
-from components.lifetime import child
-from components.quiet import quiet
+from components.runtime.lifetime import child
+from components.runtime.quiet import quiet
 
 TIMEOUT_SETTING = "DEMONLAB_SERVER_TIMEOUT"  # seconds a server we start may take to answer
 

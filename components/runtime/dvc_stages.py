@@ -103,7 +103,7 @@ class DvcStages:
 
     def finish(self, stage: Stage, expected: dict[str, Any] | None = None) -> None:
         """After its commands succeeded: hash and cache the stage's outputs, cache the run, write `dvc.lock`.
-        `expected`: the entry another workspace recorded for this run (`components.remote_stages`); a different
+        `expected`: the entry another workspace recorded for this run (`components.runtime.remote_stages`); a different
         one here is refused before anything is written."""
         with self.turn():
             self._record(stage, expected)

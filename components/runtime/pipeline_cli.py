@@ -1,14 +1,13 @@
 """`demonlab run | doctor | server | worker | ui`: the pipeline on this machine, and the local services behind it.
 
-`run` reproduces the DVC pipeline through the `demon-pipeline` Prefect flow (one MLflow parent run, a child per
-stage): one line per stage on the console (`components.console`), all that DVC, Prefect, MLflow and the stages print
-in the run's log (`logs/run-<UTC time>.log`), then the results and where to look further. `server` + `worker` serve
-the deployments of `prefect.yaml`, so `prefect deployment run 'demon-pipeline/embedded'` works; `ui` opens the
-MLflow comparison. Everything binds to 127.0.0.1; `--host` beyond loopback needs
-the tool's own authentication (`components.security.check_exposure`). Prefect is only ever started as a
-subprocess: `components` does not import it. Each command stops everything it started when it is stopped, and
-nothing it started outlives it (`components.lifetime`); `doctor` ends what a killed run left running in the stores.
-"""
+`run` reproduces the DVC pipeline through the `demon-pipeline` Prefect flow (one MLflow parent run, a child per stage):
+one line per stage on the console (`components.runtime.console`), all that DVC, Prefect, MLflow and the stages print in
+the run's log (`logs/run-<UTC time>.log`), then the results and where to look further. `server` + `worker` serve the
+deployments of `prefect.yaml`, so `prefect deployment run 'demon-pipeline/embedded'` works; `ui` opens the MLflow
+comparison. Everything binds to 127.0.0.1; `--host` beyond loopback needs the tool's own authentication
+(`components.security.check_exposure`). Prefect is only ever started as a subprocess: `components` does not import it.
+Each command stops everything it started when it is stopped, and nothing it started outlives it
+(`components.runtime.lifetime`); `doctor` ends what a killed run left running in the stores."""
 
 from __future__ import annotations
 
@@ -29,10 +28,10 @@ from typing import Any
 
 import yaml
 
-from components.console import PipelineConsole
 from components.errors import UserError
-from components.lifetime import child, dies_with_us, stoppable
-from components.quiet import quiet
+from components.runtime.console import PipelineConsole
+from components.runtime.lifetime import child, dies_with_us, stoppable
+from components.runtime.quiet import quiet
 from components.security import check_exposure, check_prefect_login, redact
 
 POOL = "demonlab"
@@ -196,7 +195,7 @@ def parse_assignments(pairs: list[str]) -> dict[str, object]:
 @contextmanager
 def _prefect_api(env: dict[str, str]) -> Iterator[str]:
     """PREFECT_API_URL, else a Prefect server on 127.0.0.1 over the workspace's state for as long as the block."""
-    from components.servers import prefect_server
+    from components.runtime.servers import prefect_server
 
     if "PREFECT_API_URL" in env:
         check_prefect_login(env["PREFECT_API_URL"], env.get("PREFECT_API_AUTH_STRING"))
@@ -261,7 +260,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
 def _up_to_date(names: list[str] | None) -> int:
     """How many stages were checked when none of `names` (default: all) is stale; 0 when some is, or when a name
     is not a stage (the pipeline flow says which). No server is started for this: it takes DVC a second or two."""
-    from components.dvc_stages import DvcStages
+    from components.runtime.dvc_stages import DvcStages
 
     stages = DvcStages(Path.cwd())
     try:
@@ -349,7 +348,7 @@ def _foreground(command: list[str], env: dict[str, str]) -> int:
 
 @stoppable
 def _sweep(args: argparse.Namespace) -> int:
-    from components.sweep import run_sweep
+    from components.runtime.sweep import run_sweep
 
     return run_sweep(args)
 
@@ -365,7 +364,7 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 @stoppable
 def run_server(args: argparse.Namespace) -> int:
-    from components.servers import listen_url, prefect_server_command, prefect_ui_env
+    from components.runtime.servers import listen_url, prefect_server_command, prefect_ui_env
 
     env = prefect_ui_env(_environment(), args.host, args.port)
     check_exposure(
@@ -423,7 +422,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 @stoppable
 def run_ui(args: argparse.Namespace) -> int:
-    from components.servers import listen_url
+    from components.runtime.servers import listen_url
     from components.tracking.runs import tracking_uri
 
     check_exposure(

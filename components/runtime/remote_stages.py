@@ -27,8 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from components.dvc_stages import DvcStages
 from components.errors import UserError
+from components.runtime.dvc_stages import DvcStages
 from components.security import redact
 
 if TYPE_CHECKING:

@@ -55,7 +55,7 @@ def _value(text: str) -> Any:
 def run_sweep(args: argparse.Namespace) -> int:
     import mlflow
 
-    from components.pipeline_cli import _require_workspace, _validate_params, run_pipeline
+    from components.runtime.pipeline_cli import _require_workspace, _validate_params, run_pipeline
     from components.tracking.runs import configure, git_commit, start_run
 
     _require_workspace()
