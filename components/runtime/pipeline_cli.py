@@ -382,8 +382,9 @@ def run_server(args: argparse.Namespace) -> int:
 
 def default_worker_name(workspace: Path) -> str:
     """Host and folder, unique per clone: Prefect refuses '/' and '%' in a worker's name, so the path is hashed."""
-    digest = hashlib.sha1(str(workspace.resolve()).encode()).hexdigest()[:8]
-    return _worker_name(f"{socket.gethostname()}:{workspace.resolve().name}-{digest}".replace("%", "-"))
+    path = workspace.resolve()
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}:{path.name.replace('%', '-')}-{digest}"
 
 
 def _worker_name(name: str) -> str:
