@@ -15,6 +15,17 @@ quiet(os.environ)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Subprocesses (dvc stages, servers) must run this environment's python, dvc and prefect.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+# Under `pytest -n N` each worker (and every process it starts) gets its share of the cores: N workers each spinning
+# up one OpenMP thread per core would oversubscribe them several times over.
+if (workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules holding slow tests run first, in file order: under `-n 2 --dist loadscope` (README's test command)
+    the long modules start at once and the fast ones fill the gaps at the end."""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow") and item.module}
+    items.sort(key=lambda item: item.module.__name__ not in slow if item.module else True)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ import pandas as pd
 import pytest
 from mlflow.server.auth.client import AuthServiceClient
 from test_orchestration import wait_for_deployment
-from workspace import ONE_MODEL, SMALLEST, own_cache, project_workspace, run
+from workspace import ONE_MODEL, SMALLEST, SMALLEST_EXPERIMENT, own_cache, project_workspace, run
 
 from components import cli
 from components.errors import UserError
@@ -266,7 +266,7 @@ def secured_run(tmp_path_factory: pytest.TempPathFactory, mlflow_auth: MlflowSer
     port = free_port()
     server_env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_API_AUTH_STRING": auth_string}
     with server(prefect_server_command(port), f"http://127.0.0.1:{port}/api/health", home / "server.log", server_env):
-        ws, env = project_workspace(tmp, f"http://127.0.0.1:{port}/api", SMALLEST, ONE_MODEL)
+        ws, env = project_workspace(tmp, f"http://127.0.0.1:{port}/api", SMALLEST, ONE_MODEL, SMALLEST_EXPERIMENT)
         secrets = {
             "OPENAI_API_KEY": marker("openai-key"),
             "AWS_SECRET_ACCESS_KEY": marker("aws-secret"),

@@ -81,7 +81,7 @@ BROKEN: list[tuple[str, Any, str]] = [
     # the document
     ("evall", {}, "evall: unknown key (did you mean eval?)"),
 ]
-IDS = [f"{key}={value!r}"[:60] for key, value, _ in BROKEN]
+IDS = [f"{key}={'(removed)' if value is REMOVE else repr(value)}"[:60] for key, value, _ in BROKEN]
 
 
 def broken(key: str, value: Any) -> dict:

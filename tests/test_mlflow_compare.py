@@ -17,7 +17,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from workspace import SMALLEST, own_cache, project_workspace, run
+from workspace import SMALLEST, SMALLEST_EXPERIMENT, own_cache, project_workspace, run
 
 from components.runtime.servers import free_port, server
 from components.tracking.evaluated import describe_mix
@@ -34,7 +34,7 @@ def test_the_comparison_shows_what_made_the_difference(
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    ws, env = project_workspace(tmp_path, prefect_api, SMALLEST)  # the shipped graph, unchanged
+    ws, env = project_workspace(tmp_path, prefect_api, SMALLEST, experiment=SMALLEST_EXPERIMENT)  # the shipped graph
     params = yaml.safe_load((ws / "params.yaml").read_text())
     env = {**env, **own_cache(tmp_path)}
     done = run([DEMONLAB, "run"], ws, env)

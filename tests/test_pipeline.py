@@ -18,7 +18,7 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from workspace import ONE_MODEL, SMALLEST, own_cache, project_workspace, run
+from workspace import ONE_MODEL, SMALLEST, SMALLEST_EXPERIMENT, own_cache, project_workspace, run
 
 from components.runtime.servers import background
 from components.tracking.reconcile import RECONCILED_TAG
@@ -53,7 +53,7 @@ def kill_when(console: Path, ws: Path, text: str, process, timeout: float = 600)
 def test_pipeline_survives_a_kill_tracks_everything_and_knows_what_is_stale(
     tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ws, env = project_workspace(tmp_path, prefect_api, SMALLEST, GRAPH)
+    ws, env = project_workspace(tmp_path, prefect_api, SMALLEST, GRAPH, SMALLEST_EXPERIMENT)
     env = {**env, **own_cache(tmp_path)}
 
     # 1. killed while training: everything before it is done, the training stage is half-way, and nothing could

@@ -26,6 +26,9 @@ SMALLEST: dict[str, Any] = {
     "train": {"max_steps": 2},
     "evaluate": {"limit": 1, "batch_size": 8},
 }
+# ... and its experiment's held-out set at 2 samples a task: every training stage scores it before, after and with
+# swapped images, which at 2 optimizer steps was most of the stage (8 a task: 50 s of train@upper-bound's 55 s)
+SMALLEST_EXPERIMENT: dict[str, Any] = {"train": {"heldout": 2}}
 # The graph cut to one model, VPG-C on synthetic data, seeing its images (no declared contrasts: the shipped ones name
 # models it leaves out)
 ONE_MODEL: dict[str, Any] = {
@@ -50,9 +53,11 @@ def project_workspace(
     prefect_api: str,
     params: Mapping[str, Any] | None = None,
     graph: Mapping[str, Mapping[str, Any]] | None = None,
+    experiment: Mapping[str, Any] | None = None,
 ) -> tuple[Path, dict]:
     """The copy at `tmp_path/ws`, params.yaml with `params` merged in and `graph`'s keys replacing their section's
-    (the maps that define stages: variants, models, views); its environment."""
+    (the maps that define stages: variants, models, views), the experiment it names with `experiment` merged in; its
+    environment."""
     ws = tmp_path / "ws"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for folder in ("components", "flows", "experiments"):
@@ -64,6 +69,9 @@ def project_workspace(
     for section, values in (graph or {}).items():
         merged[section].update(values)
     (ws / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    if experiment:
+        config = ws / "experiments" / f"{merged['experiment']}.yaml"
+        config.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(config.read_text()), experiment), sort_keys=False))
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlflow.db'}"}
     env.pop("DEMONLAB_WORKSPACE", None)
     env.pop("DEMONLAB_PARENT_RUN_ID", None)
