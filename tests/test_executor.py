@@ -134,8 +134,10 @@ def test_a_failed_branch_stops_only_its_dependants_and_the_rerun_does_what_is_le
 def test_the_fork_server_runs_a_module_as_python_m_does(tmp_path: Path) -> None:
     (tmp_path / "probe.py").write_text(
         textwrap.dedent("""
-        import atexit, os, sys, threading, time
+        import atexit, concurrent.futures, os, sys, threading, time
         atexit.register(lambda: print("atexit ran", flush=True))
+        pool = concurrent.futures.ThreadPoolExecutor(1)  # its idle worker lives on, as in MLflow's artifact stores
+        pool.submit(print, "pool ran", flush=True).result()
         threading.Thread(target=lambda: (time.sleep(0.3), print("thread joined", flush=True))).start()
         print(__name__, sys.argv[1:], os.environ["PROBE"], os.getcwd(), flush=True)
         sys.exit(int(sys.argv[1]))
@@ -147,9 +149,10 @@ def test_the_fork_server_runs_a_module_as_python_m_does(tmp_path: Path) -> None:
             read, write = os.pipe()
             ended = server.start(["-m", "probe", str(status)], {"PROBE": "yes"}, str(tmp_path), write)
             os.close(write)
+            status = ended.result(timeout=60)["exit"]  # a child that cannot exit fails here (its output never ends)
             with os.fdopen(read) as output:
-                results.append((output.read(), ended.result()["exit"]))
-    assert results[0] == (f"__main__ ['0'] yes {tmp_path}\nthread joined\natexit ran\n", 0)
+                results.append((output.read(), status))
+    assert results[0] == (f"pool ran\n__main__ ['0'] yes {tmp_path}\nthread joined\natexit ran\n", 0)
     assert results[1][1] == 3
     assert server.process.returncode == 0
 

@@ -18,17 +18,27 @@ from components.experiment import deep_merge
 ROOT = Path(__file__).resolve().parents[1]
 # Small enough for a test, the real code path all the same.
 TEST_PARAMS: dict[str, Any] = {"data": {"mini": {"per_task": 2}}}
-# The whole pipeline at its smallest: a few scenes, two optimizer steps a model, one DEMON sample a task evaluated; the
-# upper bound's training split keeps more than the 8 held-out samples a task
+# The whole pipeline at its smallest: a few scenes, two optimizer steps of two samples a model (the ablation's variants
+# keep their proportions), one DEMON sample a task evaluated; the upper bound's training split keeps more than the
+# held-out samples a task
 SMALLEST: dict[str, Any] = {
     "data": {"mini_train": {"per_task": 10}},
     "synth": {"limit": 24},
-    "train": {"max_steps": 2},
+    "train": {
+        "max_steps": 2,
+        "variants": {"captions": {"mix": {"SynthCaption": 2}}, "upper-bound": {"mix": {"SynthCaption": 1}}},
+    },
     "evaluate": {"limit": 1, "batch_size": 8},
 }
-# ... and its experiment's held-out set at 2 samples a task: every training stage scores it before, after and with
-# swapped images, which at 2 optimizer steps was most of the stage (8 a task: 50 s of train@upper-bound's 55 s)
-SMALLEST_EXPERIMENT: dict[str, Any] = {"train": {"heldout": 2}}
+# ... and its experiment's steps of two samples, held-out set at 2 a task: every training stage scores the held-out set
+# before, after and with swapped images, which at 8 a task was most of a 2-step stage (50 s of train@upper-bound's 55 s)
+SMALLEST_EXPERIMENT: dict[str, Any] = {
+    "train": {
+        "heldout": 2,
+        "align": {"mix": {"SynthCaption": 2}},
+        "vpgc": {"mix": {"SynthDifference": 1, "SynthCaption": 1}},
+    }
+}
 # The graph cut to one model, VPG-C on synthetic data, seeing its images (no declared contrasts: the shipped ones name
 # models it leaves out)
 ONE_MODEL: dict[str, Any] = {

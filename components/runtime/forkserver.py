@@ -172,10 +172,12 @@ def exit_status(error: BaseException | None) -> int:
 
 def leave(status: int) -> NoReturn:
     """Exit as the interpreter does (non-daemon threads joined, `atexit` handlers run, output flushed) but without
-    tearing down every module: with torch and transformers loaded that teardown alone takes 1-3 s, for nothing."""
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    tearing down every module: with torch and transformers loaded that teardown alone takes 1-3 s, for nothing.
+
+    The threads are joined by the interpreter's own shutdown step, which first runs `threading`'s exit hooks: those
+    tell thread pools (`concurrent.futures`, as MLflow's artifact stores keep one) to stop their idle workers. Joining
+    the threads without them waited for ever on such a worker."""
+    threading._shutdown()  # what Python runs at exit, before the atexit handlers
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
