@@ -15,8 +15,8 @@ quiet(os.environ)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Subprocesses (dvc stages, servers) must run this environment's python, dvc and prefect.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-# Under `pytest -n N` each worker (and every process it starts) gets its share of the cores: N workers each spinning
-# up one OpenMP thread per core would oversubscribe them several times over.
+# Under `pytest -n N` each worker (and every process it starts) gets its share of the cores: N workers with one OpenMP
+# thread per core each would oversubscribe them N times, and waiting OpenMP threads spin.
 if (workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
