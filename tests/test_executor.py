@@ -149,9 +149,9 @@ def test_the_fork_server_runs_a_module_as_python_m_does(tmp_path: Path) -> None:
             read, write = os.pipe()
             ended = server.start(["-m", "probe", str(status)], {"PROBE": "yes"}, str(tmp_path), write)
             os.close(write)
-            status = ended.result(timeout=60)["exit"]  # a child that cannot exit fails here (its output never ends)
+            code = ended.result(timeout=60)["exit"]  # a child that cannot exit fails here (its output never ends)
             with os.fdopen(read) as output:
-                results.append((output.read(), status))
+                results.append((output.read(), code))
     assert results[0] == (f"pool ran\n__main__ ['0'] yes {tmp_path}\nthread joined\natexit ran\n", 0)
     assert results[1][1] == 3
     assert server.process.returncode == 0
