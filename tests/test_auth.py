@@ -36,7 +36,7 @@ from workspace import ONE_MODEL, SMALLEST, SMALLEST_EXPERIMENT, own_cache, proje
 
 from components import cli
 from components.errors import UserError
-from components.runtime.servers import background, free_port, prefect_server_command, server
+from components.runtime.servers import background, free_port, prefect_server_command, seed_prefect_database, server
 from components.security import PREFECT_LOGIN, check_exposure, redact
 from components.tracking.models import download_checkpoint
 from components.tracking.runs import MLFLOW_LOGIN, PARENT_RUN_ENV, loggable_params, stage_run, write_metrics
@@ -265,6 +265,7 @@ def secured_run(tmp_path_factory: pytest.TempPathFactory, mlflow_auth: MlflowSer
     home.mkdir()
     port = free_port()
     server_env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_API_AUTH_STRING": auth_string}
+    seed_prefect_database(server_env)
     with server(prefect_server_command(port), f"http://127.0.0.1:{port}/api/health", home / "server.log", server_env):
         ws, env = project_workspace(tmp, f"http://127.0.0.1:{port}/api", SMALLEST, ONE_MODEL, SMALLEST_EXPERIMENT)
         secrets = {

@@ -124,5 +124,5 @@ def test_the_closing_lines_link_the_comparison_the_report_and_prefect(
     prefix = f"compare the models: demonlab ui, then http://127.0.0.1:{MLFLOW_PORT}/"
     assert compare.startswith(prefix) and " " not in compare.removeprefix(prefix)  # one word to copy
 
-    # the saved view of the evaluated runs; what it shows in a browser: tests/test_mlflow_compare.py
+    # the saved view of the evaluated runs; what it shows in a browser: tests/test_pipeline.py
     assert f"#/experiments/{experiment}/runs?viewStateShareKey=demonlab-" in compare

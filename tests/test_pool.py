@@ -27,7 +27,14 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from test_executor import STAGES, TOY, console_lines, toy_project
 from workspace import run
 
-from components.runtime.servers import background, free_port, prefect_server_command, prefect_ui_env, wait_http
+from components.runtime.servers import (
+    background,
+    free_port,
+    prefect_server_command,
+    prefect_ui_env,
+    seed_prefect_database,
+    wait_http,
+)
 
 pytestmark = pytest.mark.slow  # servers, two workers, pipeline runs
 
@@ -61,6 +68,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     folder = tmp_path_factory.mktemp("servers")
     prefect_port, mlflow_port = free_port(), free_port()
     prefect_env = prefect_ui_env({**os.environ, "PREFECT_HOME": str(folder / "prefect")}, "127.0.0.1", prefect_port)
+    seed_prefect_database(prefect_env)
     mlflow_command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1"]
     mlflow_command += ["--port", str(mlflow_port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
     mlflow_command += ["--default-artifact-root", str(folder / "artifacts"), "--workers", "1"]

@@ -97,7 +97,7 @@ def own_cache(tmp_path: Path) -> dict[str, str]:
     """Environment for pipeline stages of one test: a response cache of its own (no answer served from another
     test's run) beside the machine's plain copy of the embedded LLM (made once, ~20 s, then only read), one thread
     per stage."""
-    from components.vpgc.backbones import cache_root
+    from components.cache_root import cache_root
 
     shared = cache_root() / "llm"
     shared.mkdir(parents=True, exist_ok=True)

@@ -364,7 +364,7 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 @stoppable
 def run_server(args: argparse.Namespace) -> int:
-    from components.runtime.servers import listen_url, prefect_server_command, prefect_ui_env
+    from components.runtime.servers import listen_url, prefect_server_command, prefect_ui_env, seed_prefect_database
 
     env = prefect_ui_env(_environment(), args.host, args.port)
     check_exposure(
@@ -375,6 +375,7 @@ def run_server(args: argparse.Namespace) -> int:
         how="set PREFECT_SERVER_API_AUTH_STRING=user:password here and PREFECT_API_AUTH_STRING on every client",
     )
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    seed_prefect_database(env)
     url = listen_url(args.host, args.port)
     print(f"Prefect UI and API on {url} (PREFECT_API_URL={url}/api)", flush=True)
     return _foreground(prefect_server_command(args.port, args.host), env)

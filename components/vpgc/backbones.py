@@ -26,10 +26,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.models.blip_2.configuration_blip_2 import Blip2VisionConfig
 from transformers.models.blip_2.modeling_blip_2 import Blip2VisionModel
 
+from components.cache_root import cache_root
 from components.errors import UserError
 from components.vpgc.config import LLMConfig, VisionConfig
-
-DEFAULT_CACHE = Path("~/.cache/demonlab").expanduser()
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -51,10 +50,6 @@ def resolve_path(value: str, what: str) -> Path:
     if not path.exists():
         raise UserError(f"{what}: {path} does not exist; fix the path in the experiment config")
     return path
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DEMONLAB_CACHE", DEFAULT_CACHE))
 
 
 # ---------------------------------------------------------------------------------------------------- the LLM
