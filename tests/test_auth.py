@@ -36,7 +36,14 @@ from workspace import ONE_MODEL, SMALLEST, SMALLEST_EXPERIMENT, own_cache, proje
 
 from components import cli
 from components.errors import UserError
-from components.runtime.servers import background, free_port, prefect_server_command, seed_prefect_database, server
+from components.runtime.servers import (
+    background,
+    free_port,
+    mlflow_server_env,
+    prefect_server_command,
+    seed_prefect_database,
+    server,
+)
 from components.security import PREFECT_LOGIN, check_exposure, redact
 from components.tracking.models import download_checkpoint
 from components.tracking.runs import MLFLOW_LOGIN, PARENT_RUN_ENV, loggable_params, stage_run, write_metrics
@@ -125,7 +132,7 @@ def mlflow_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServ
         shipped.write(file)
     secrets = {name: marker(f"{name}-secret") for name in ("admin", "writer", "reader", "csrf")}
     env = {
-        **os.environ,
+        **mlflow_server_env(os.environ),
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
         "MLFLOW_AUTH_ADMIN_PASSWORD": secrets["admin"],
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets["csrf"],  # signs the UI's CSRF tokens

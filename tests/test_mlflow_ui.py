@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 
 from components.runtime.servers import free_port, server
@@ -43,7 +44,12 @@ def test_compare_view_shows_the_runs_and_their_metrics(tmp_path: Path, monkeypat
 
     port = free_port()
     command = [str(Path(sys.executable).with_name("demonlab")), "ui", "--port", str(port)]
-    with server(command, f"http://127.0.0.1:{port}/health", tmp_path / "ui.log", env=dict(os.environ), timeout=120):
+    with server(
+        command, f"http://127.0.0.1:{port}/health", tmp_path / "ui.log", env=dict(os.environ), timeout=120
+    ) as ui:
+        # MLflow's job runner (GenAI jobs demonlab never submits: eight processes more) is not started
+        started = [" ".join(p.cmdline()) for p in psutil.Process(ui.pid).children(recursive=True)]
+        assert started and not [line for line in started if "jobs" in line or "huey" in line], started
         url = f'http://127.0.0.1:{port}/#/compare-runs?runs={json.dumps(run_ids)}&experiments=["{experiment}"]'
         dom = chromium(url, "--dump-dom").stdout
         chromium(url, f"--screenshot={tmp_path / 'compare.png'}")

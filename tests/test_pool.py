@@ -30,6 +30,7 @@ from workspace import run
 from components.runtime.servers import (
     background,
     free_port,
+    mlflow_server_env,
     prefect_server_command,
     prefect_ui_env,
     seed_prefect_database,
@@ -75,7 +76,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     prefect_log, mlflow_log = folder / "prefect.log", folder / "mlflow.log"
     with (
         background(prefect_server_command(prefect_port), prefect_log, env=prefect_env) as prefect,
-        background(mlflow_command, mlflow_log) as mlflow_server,
+        background(mlflow_command, mlflow_log, env=mlflow_server_env(os.environ)) as mlflow_server,
     ):
         wait_http(f"http://127.0.0.1:{prefect_port}/api/health", prefect, 600, prefect_log)
         wait_http(f"http://127.0.0.1:{mlflow_port}/health", mlflow_server, 600, mlflow_log)

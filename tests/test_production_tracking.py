@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from components.demon.mini import build_mini_demon
-from components.runtime.servers import free_port, server
+from components.runtime.servers import free_port, mlflow_server_env, server
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [
@@ -40,7 +40,7 @@ def test_stage_tracks_to_an_mlflow_server_on_postgresql_and_s3(tmp_path: Path, p
         boto3.client("s3", endpoint_url=s3_url, **_boto(aws)).create_bucket(Bucket="mlflow-artifacts")
         with postgres.postgres_database("mlflow") as database:
             port = free_port()
-            env = {**os.environ, **aws, "MLFLOW_S3_ENDPOINT_URL": s3_url}
+            env = mlflow_server_env({**os.environ, **aws, "MLFLOW_S3_ENDPOINT_URL": s3_url})
             command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", database,
                        "--artifacts-destination", "s3://mlflow-artifacts/", "--host", "127.0.0.1",
                        "--port", str(port), "--workers", "1"]  # fmt: skip

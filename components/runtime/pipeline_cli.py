@@ -424,7 +424,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 @stoppable
 def run_ui(args: argparse.Namespace) -> int:
-    from components.runtime.servers import listen_url
+    from components.runtime.servers import listen_url, mlflow_server_env
     from components.tracking.runs import tracking_uri
 
     check_exposure(
@@ -434,7 +434,7 @@ def run_ui(args: argparse.Namespace) -> int:
         service="the MLflow UI (it reads and deletes every run, experiment and registered model)",
         how="add --auth (MLflow's basic-auth app; the first start needs MLFLOW_AUTH_ADMIN_PASSWORD)",
     )
-    env = _environment()
+    env = mlflow_server_env(_environment())
     if args.auth:  # the basic-auth app signs its CSRF tokens; for one server a fresh key per start is enough
         env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_urlsafe(32))
     store = tracking_uri()
