@@ -240,7 +240,7 @@ def demon_pipeline(
     if deployment.get_id():  # started by a worker: end with it, as everything `demonlab` starts does
         die_with_parent()
     claim_flow_run()
-    with executor(pool) as run:  # first: the fork server imports while the flow reconciles and waits for its turn
+    with executor(pool, stages) as run:  # first: the fork server imports while the flow reconciles and waits its turn
         for line in reconcile(f"pipeline flow run {flow_run.get_id()}"):
             logger.warning("reconciled: %s", line)
             EVENTS.emit("warning", text=f"reconciled: {line}")
@@ -291,9 +291,10 @@ def demon_pipeline(
 
 
 @contextmanager
-def executor(pool: str | None = None) -> Iterator[Executor]:
-    """The stage tasks' `Executor` for as long as the block: the fork server preloading every module the stages
-    run, started from the flow's own thread, which the server's life is tied to; or, for a work pool, its workers."""
+def executor(pool: str | None = None, selected: list[str] | None = None) -> Iterator[Executor]:
+    """The stage tasks' `Executor` for as long as the block: the fork server preloading every module the `selected`
+    stages (default: all) run, started from the flow's own thread, which the server's life is tied to; or, for a work
+    pool, its workers."""
     global EXECUTOR
     stages = DvcStages(workspace())
     if pool:
@@ -306,8 +307,10 @@ def executor(pool: str | None = None) -> Iterator[Executor]:
             EXECUTOR = None
             stages.close()
         return
-    # the project's stage flows, which do their work under `__main__` only; any other module runs fresh in its child
-    modules = {m[1] for line in stages.command_lines() if (m := python_module(line)) and m[1].startswith("flows.")}
+    # the project's stage flows, which do their work under `__main__` only; any other module runs fresh in its child.
+    # Only the selected stages': `--stages acquire` need not wait for torch and transformers to import.
+    lines = stages.command_lines(selected)
+    modules = {m[1] for line in lines if (m := python_module(line)) and m[1].startswith("flows.")}
     try:
         with ForkServer(PRELOAD + sorted(modules), cwd=str(workspace())) as server:
             EXECUTOR = Executor(stages, server)

@@ -157,6 +157,20 @@ def test_the_fork_server_runs_a_module_as_python_m_does(tmp_path: Path) -> None:
     assert server.process.returncode == 0
 
 
+def test_the_fork_server_preloads_only_what_the_selected_stages_run(tmp_path: Path, monkeypatch) -> None:
+    from flows.pipeline import executor
+
+    ws, _ = project_workspace(tmp_path, "unused")  # the project's own dvc.yaml
+    monkeypatch.setenv("DEMONLAB_WORKSPACE", str(ws))
+    monkeypatch.chdir(ws)  # as the pipeline flow runs: DVC names stages relative to the working directory
+    with executor(None, ["acquire", "normalize"]) as selected:
+        preloaded = selected.server.process.args
+    with executor() as everything:
+        preloaded_by_all = everything.server.process.args
+    assert {"flows.acquire", "flows.normalize"} <= set(preloaded) and "flows.train" not in preloaded
+    assert {"flows.acquire", "flows.train", "flows.evaluate"} <= set(preloaded_by_all)
+
+
 @pytest.mark.parametrize("parallel", ["0", "two"])
 def test_a_bad_parallel_count_is_one_clear_line(parallel: str) -> None:
     done = run([DEMONLAB, "run", "--parallel", parallel], Path(__file__).parents[1], dict(os.environ), check=False)

@@ -70,12 +70,13 @@ class DvcStages:
             self._locked = {name for lockfile in lockfiles for name in lock_stages(lockfile)}
             return {stage.addressing: [dep.addressing for dep in graph.successors(stage)] for stage in ordered}
 
-    def command_lines(self) -> list[str]:
-        """Every stage's command lines."""
+    def command_lines(self, names: list[str] | None = None) -> list[str]:
+        """The command lines of the stages `names` (default: every stage)."""
         from dvc.stage.run import _enforce_cmd_list
 
         with self.turn():
-            return [line for stage in self.repo.index.stages for line in _enforce_cmd_list(stage.cmd)]
+            stages = [stage for stage in self.repo.index.stages if names is None or stage.addressing in names]
+            return [line for stage in stages for line in _enforce_cmd_list(stage.cmd)]
 
     def stale(self, names: list[str]) -> list[str]:
         """Those of `names` that `dvc repro` would run now (their upstream as it is on disk)."""
