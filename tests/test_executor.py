@@ -157,6 +157,7 @@ def test_the_fork_server_runs_a_module_as_python_m_does(tmp_path: Path) -> None:
     assert server.process.returncode == 0
 
 
+@pytest.mark.slow  # two fork servers
 def test_the_fork_server_preloads_only_what_the_selected_stages_run(tmp_path: Path, monkeypatch) -> None:
     from flows.pipeline import executor
 
