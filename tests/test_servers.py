@@ -36,3 +36,9 @@ def test_a_new_prefect_home_starts_from_a_database_migrated_once(tmp_path: Path,
     url = f"sqlite+aiosqlite:///{tmp_path / 'elsewhere.db'}"
     seed_prefect_database({**os.environ, "PREFECT_HOME": str(configured), "PREFECT_API_DATABASE_CONNECTION_URL": url})
     assert not configured.exists()
+
+    # a cache that cannot be written: nothing seeded, no error (the server migrates its own database, as before)
+    (tmp_path / "unwritable").write_text("a file where the cache folder would be")
+    monkeypatch.setenv("DEMONLAB_CACHE", str(tmp_path / "unwritable"))
+    seed_prefect_database({**os.environ, "PREFECT_HOME": str(tmp_path / "third")})
+    assert not (tmp_path / "third" / "prefect.db").exists()

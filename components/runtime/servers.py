@@ -118,13 +118,15 @@ def _migrated_template(env: Mapping[str, str]) -> Path | None:
     template = folder / f"empty-{version('prefect')}.db"
     if template.exists():
         return template
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as scratch:
-        upgrade = [str(Path(sys.executable).with_name("prefect")), "server", "database", "upgrade", "-y"]
-        done = subprocess.run(upgrade, env={**env, "PREFECT_HOME": scratch}, capture_output=True)
-        if done.returncode != 0:
-            return None
-        os.replace(Path(scratch) / "prefect.db", template)
+    upgrade = [str(Path(sys.executable).with_name("prefect")), "server", "database", "upgrade", "-y"]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as scratch:
+            if subprocess.run(upgrade, env={**env, "PREFECT_HOME": scratch}, capture_output=True).returncode != 0:
+                return None
+            os.replace(Path(scratch) / "prefect.db", template)
+    except OSError:  # a cache that cannot be written (read-only home, full disk): the server migrates its own
+        return None
     return template
 
 
