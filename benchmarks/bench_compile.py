@@ -34,40 +34,22 @@ def step_seconds(compiled: bool, repeats: int) -> dict[str, float]:
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_precision import difference_turn
+    from bench_precision import training_batch, write_images
 
     from components.experiment import load_experiment, section
-    from components.training.loss import ResponseLoss
     from components.vpgc.config import model_config_from_dict
-    from components.vpgc.model import VPGCModel
     from components.vpgc.precision import resolve_precision
-    from components.vpgc.prompts import Turn
     from components.vpgc.vpgc import decoder_layers
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from train_helpers import draw
-
     root = Path(tempfile.mkdtemp())
-    for i, (shape, before, after) in enumerate([("circle", "red", "blue"), ("square", "green", "yellow")] * 2):
-        draw(shape, before, "white", 224).save(root / f"{i}a.png")
-        draw(shape, after, "white", 224).save(root / f"{i}b.png")
+    write_images(root)
     config = model_config_from_dict(section(load_experiment(ROOT / "experiments" / "tiny.yaml"), "model", "tiny"))
-    torch.manual_seed(0)
-    model = VPGCModel.from_config(config).use_precision(resolve_precision("auto", torch.device("cpu")))
-    with torch.no_grad():  # a trained VPG-C (non-zero projections): the backward reaches every trainable tensor
-        for parameter in model.vpgc.parameters():
-            parameter.normal_(0.0, 0.02)
+    dtype = resolve_precision("auto", torch.device("cpu"))
+    model, loss_fn, layouts, pixels = training_batch(config, dtype, root)
     if compiled:
         for index, block in enumerate(decoder_layers(model.llm)):
             if index != config.layer:
                 block.compile(dynamic=True)
-    pairs = [difference_turn(f"{i}a.png", f"{i}b.png") for i in range(4)]
-    captions = [[Turn(user=[{"type": "image", "path": f"{i}a.png"}, {"type": "text", "text": "Describe it."}])]
-                for i in range(4)]  # fmt: skip
-    targets = ["The circle turned into a grey square."] * 4 + ["A red circle on a white background."] * 4
-    loss_fn = ResponseLoss(model.train(True))
-    layouts = model.layouts(pairs + captions, targets)
-    pixels = model.load_pixels([p for item in layouts for p in item.images], root)
 
     def step() -> float:
         start = time.perf_counter()

@@ -81,8 +81,18 @@ EVAL = GenerationSettings(max_new_tokens=16, ignore_eos=True)
 DECODE = GenerationSettings(max_new_tokens=32, ignore_eos=True)
 
 
-def measure(config: ModelConfig, dtype: torch.dtype, root: Path, repeats: int, bandwidth: float) -> dict[str, float]:
-    """One precision's figures on the same inputs (images in `root`, written by `main`)."""
+def write_images(root: Path) -> None:
+    """The benchmarks' four image pairs (`<i>a.png`, `<i>b.png`, 224 px) in `root`."""
+    for i, colour in enumerate(("red", "green", "blue", "yellow")):
+        draw("circle", colour, "white", 224).save(root / f"{i}a.png")
+        draw("square", colour, "grey", 224).save(root / f"{i}b.png")
+
+
+def training_batch(
+    config: ModelConfig, dtype: torch.dtype, root: Path
+) -> tuple[VPGCModel, ResponseLoss, list, torch.Tensor]:
+    """The model in `dtype` with a trained-looking VPG-C, its loss and one training batch over `write_images`'
+    images: 4 difference pairs + 4 captions; pixels (12, 3, 224, 224)."""
     pairs = [difference_turn(f"{i}a.png", f"{i}b.png") for i in range(4)]
     captions = [[Turn(user=[{"type": "image", "path": f"{i}a.png"}, {"type": "text", "text": "Describe it."}])]
                 for i in range(4)]  # fmt: skip
@@ -94,7 +104,13 @@ def measure(config: ModelConfig, dtype: torch.dtype, root: Path, repeats: int, b
             parameter.normal_(0.0, 0.02)
     loss_fn = ResponseLoss(model.train(True))
     layouts = model.layouts(pairs + captions, targets)
-    pixels = model.load_pixels([p for item in layouts for p in item.images], root)
+    return model, loss_fn, layouts, model.load_pixels([p for item in layouts for p in item.images], root)
+
+
+def measure(config: ModelConfig, dtype: torch.dtype, root: Path, repeats: int, bandwidth: float) -> dict[str, float]:
+    """One precision's figures on the same inputs (images in `root`, written by `main`)."""
+    model, loss_fn, layouts, pixels = training_batch(config, dtype, root)
+    pairs = [difference_turn(f"{i}a.png", f"{i}b.png") for i in range(4)]
 
     def step() -> None:
         loss_fn(layouts, pixels).backward()
@@ -142,9 +158,7 @@ def main() -> int:
     rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for i, colour in enumerate(("red", "green", "blue", "yellow")):
-            draw("circle", colour, "white", 224).save(root / f"{i}a.png")
-            draw("square", colour, "grey", 224).save(root / f"{i}b.png")
+        write_images(root)
         for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
             rows[name] = measure(config, dtype, root, args.repeats, bandwidth)
             print(name, json.dumps(rows[name]), flush=True)

@@ -109,8 +109,9 @@ def test_a_killed_run_resumes_tracks_everything_and_names_it(shipped: Shipped, p
     assert "vpgc-synthetic (parity x100): overall " in shipped.console and " ± " in shipped.console  # n and interval
     # a readable console: one line per stage, the summary, the reconciled records; the detail is in the log
     lines = shipped.console.splitlines()
-    params = yaml.safe_load((ws / "params.yaml").read_text())["evaluate"]
-    summary = 2 * len(params["models"]) + len(params["contrasts"])  # a score per model and view, a line per contrast
+    evaluated = yaml.safe_load((ws / "params.yaml").read_text())["evaluate"]
+    # the summary: a score per model and view, a line per contrast
+    summary = 2 * len(evaluated["models"]) + len(evaluated["contrasts"])
     assert len(lines) <= STAGES + summary + 20, shipped.console
     assert sum(bool(re.match(rf"\s*\d+/{STAGES} \S+ +(ran|unchanged) +[\d.]+s$", line)) for line in lines) == STAGES
     for chatter in ("dvc push", "git add", "INFO", "Running stage"):

@@ -31,8 +31,8 @@ SMALLEST: dict[str, Any] = {
     "evaluate": {"limit": 1, "batch_size": 8},
 }
 # ... and its experiment's steps of two samples, held-out set at 2 a task: every training stage scores the held-out set
-# before, after and with swapped images (train@upper-bound in the compare test, beside a second test: 51 s at 8 a task,
-# 25 s at 2)
+# before, after and with swapped images (train@upper-bound in the shipped-graph test, beside a second test: 51 s at 8
+# a task, 25 s at 2)
 SMALLEST_EXPERIMENT: dict[str, Any] = {
     "train": {
         "heldout": 2,
