@@ -30,6 +30,11 @@ def write_text(target: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def write_bytes(target: Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_json(target: Path, obj: object) -> None:
     write_text(target, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 

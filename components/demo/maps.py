@@ -39,7 +39,7 @@ class ImageMaps:
 def image_maps(model: VPGCModel, conversation: Conversation) -> list[ImageMaps]:
     """The maps of every image in the conversation's prompt, in prompt order (the last turn's guidance)."""
     layouts = model.layouts([conversation])
-    batch, features = model.prepare(layouts, model.load_pixels(layouts[0].images))
+    batch, features = model.prepare(layouts, model.load_pixels(layouts[0].images), cached=True)
     first, guided = (to_grid(maps.float().cpu()).numpy() for maps in model.vpg_attention(batch, features))
     shown = [(t, part) for t, turn in enumerate(conversation, 1) for part in turn.user if part["type"] == "image"]
     several = len(conversation) > 1

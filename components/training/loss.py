@@ -27,9 +27,10 @@ class ResponseLoss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, layouts: Sequence[PromptLayout], pixels: torch.Tensor) -> torch.Tensor:
-        """Summed cross-entropy of the target tokens (a 0-dim float32 tensor); divide by the token count."""
-        batch, features = self.model.prepare(layouts, pixels, padding_side="right")
+    def forward(self, layouts: Sequence[PromptLayout], pixels: torch.Tensor, cached: bool = False) -> torch.Tensor:
+        """Summed cross-entropy of the target tokens (a 0-dim float32 tensor); divide by the token count.
+        `cached`: the images' features through the feature cache (held-out scoring; never training crops)."""
+        batch, features = self.model.prepare(layouts, pixels, padding_side="right", cached=cached)
         predicts = batch.labels[:, 1:] != IGNORE_INDEX  # (B, T-1): position t predicts token t+1
         # Logits only where a target token is predicted: the LM head and its softmax over the whole prompt would
         # cost more than the decoder blocks (49,152 classes) and their gradient is zero anyway.

@@ -166,7 +166,7 @@ def heldout_loss(
     for chunk, shown in zip(chunks(examples, micro_batch), chunks(swapped_images(examples) if swap else examples,
                                                                   micro_batch), strict=True):  # fmt: skip
         layouts = model.layouts([e.conversation for e in chunk], [e.target for e in chunk])
-        total += float(loss_fn(layouts, pixels_of(model, shown, image_root)))
+        total += float(loss_fn(layouts, pixels_of(model, shown, image_root), cached=True))
         tokens += sum(len(item.target_ids) for item in layouts)
     model.train(was_training)
     return total / max(tokens, 1)

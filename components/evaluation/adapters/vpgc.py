@@ -60,5 +60,5 @@ class VPGCAdapter(ModelAdapter):
 
         layouts = [item.encoded.payload for item in batch]
         pixels = torch.cat([item.pixels for item in batch])
-        prompt_batch, features = self.model.prepare(layouts, pixels, padding_side="left")
+        prompt_batch, features = self.model.prepare(layouts, pixels, padding_side="left", cached=True)
         return generate(self.model, prompt_batch, features, settings)
