@@ -72,6 +72,9 @@ EVALUATED = "merge@"  # a merge stage's run holds one model's scores in one view
 EVENTS = Events()  # `demonlab run`'s progress channel once `main` opens it; none under a worker
 # imported once in the fork server besides the stage modules: what every stage loads on its first MLflow call (~1.6 s)
 PRELOAD = ["mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store"]
+# Stages that build the experiment's model: when one is selected, the fork server loads its frozen backbones once.
+BACKBONE_STAGES = {"flows.train", "flows.evaluate", "flows.synth"}
+HOLD_BACKBONES = "flows.params:hold_experiment_backbones"
 
 
 class StageFailed(RuntimeError):
@@ -311,8 +314,9 @@ def executor(pool: str | None = None, selected: list[str] | None = None) -> Iter
     # Only the selected stages': `--stages acquire` need not wait for torch and transformers to import.
     lines = stages.command_lines(selected)
     modules = {m[1] for line in lines if (m := python_module(line)) and m[1].startswith("flows.")}
+    held = [HOLD_BACKBONES] if modules & BACKBONE_STAGES else []
     try:
-        with ForkServer(PRELOAD + sorted(modules), cwd=str(workspace())) as server:
+        with ForkServer(PRELOAD + sorted(modules) + held, cwd=str(workspace())) as server:
             EXECUTOR = Executor(stages, server)
             yield EXECUTOR
     finally:

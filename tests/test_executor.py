@@ -19,6 +19,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from workspace import project_workspace, run
 
 from components.runtime.forkserver import ForkServer
+from flows.pipeline import HOLD_BACKBONES
 
 DEMONLAB = str(Path(sys.executable).with_name("demonlab"))
 DVC = [sys.executable, "-m", "dvc"]
@@ -170,6 +171,45 @@ def test_the_fork_server_preloads_only_what_the_selected_stages_run(tmp_path: Pa
         preloaded_by_all = everything.server.process.args
     assert {"flows.acquire", "flows.normalize"} <= set(preloaded) and "flows.train" not in preloaded
     assert {"flows.acquire", "flows.train", "flows.evaluate"} <= set(preloaded_by_all)
+    assert HOLD_BACKBONES in preloaded_by_all and HOLD_BACKBONES not in preloaded  # acquire needs no model
+
+
+PROBE_BACKBONES = """
+import torch
+from components.experiment import load_experiment
+from components.params import experiment_path
+from components.vpgc import backbones
+from components.vpgc.config import model_config_from_dict
+from components.vpgc.model import VPGCModel
+
+held = {id(module) for module in backbones._HELD.values()}
+config = model_config_from_dict(load_experiment(experiment_path("tiny"))["model"])
+torch.manual_seed(0)
+model = VPGCModel.from_config(config)
+square = torch.randn(1024, 1024)
+square @ square  # a parallel region in a child of a server that loaded weights: waits for ever if the pool was up
+print(len(held), id(model.llm) in held, id(model.vision) in held, torch.get_num_threads(),
+      float(model.vpg.query_tokens.sum()))
+"""
+
+
+@pytest.mark.slow  # a server process loading the real backbones
+def test_stages_forked_from_the_server_take_its_backbones_and_still_use_every_core(tmp_path: Path, monkeypatch) -> None:
+    ws, _ = project_workspace(tmp_path, "unused")
+    (ws / "probe.py").write_text(PROBE_BACKBONES)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the server's children run two intra-op threads
+    with ForkServer([HOLD_BACKBONES], cwd=str(ws)) as server:
+        lines = []
+        for _ in range(2):  # each child takes the server's copy: the server never gives its own away
+            read, write = os.pipe()
+            ended = server.start(["-m", "probe"], dict(os.environ), str(ws), write)
+            os.close(write)
+            assert ended.result(timeout=120)["exit"] == 0
+            with os.fdopen(read) as output:
+                lines.append(output.read().splitlines()[-1].split())
+    direct = run([sys.executable, "probe.py"], ws, dict(os.environ)).stdout.splitlines()[-1].split()
+    assert lines[0] == lines[1] == ["2", "True", "True", "2", lines[0][-1]]
+    assert direct == ["0", "False", "False", "2", lines[0][-1]]  # the same model (its VPG's seeded initialisation too)
 
 
 @pytest.mark.parametrize("parallel", ["0", "two"])

@@ -1,8 +1,9 @@
 """A fork server: one process imports the heavy libraries once, then forks a fresh child for each command.
 
 A stage started as `python -m flows.train` spends ~6 s importing torch, transformers, Prefect, MLflow and DVC before
-its first line of work; forked from a process that has them, it starts in milliseconds with the same modules. The
-server imports only (no threads, no clients, no CUDA) so a fork is safe, and each child then runs its module as
+its first line of work; forked from a process that has them, it starts in milliseconds with the same modules (and the
+frozen backbones the server was asked to hold). The server imports and loads only (no threads, no clients, no CUDA,
+no OpenMP pool) so a fork is safe, and each child then runs its module as
 `python -m` would: as `__main__`, with the request's argv, environment and folder, its stdout and stderr on the
 descriptor sent with the request, and an interpreter's exit (threads joined, `atexit` handlers run: Prefect and
 MLflow flush there; `leave`).
@@ -48,6 +49,8 @@ class ForkServer:
     Thread-safe: each `run` waits for its own child only."""
 
     def __init__(self, preload: list[str], cwd: str | None = None) -> None:
+        """`preload`: modules to import, in order; `module:function` also calls `function()` once imported (work
+        its children then share, e.g. `flows.params:hold_experiment_backbones`)."""
         self._socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         command = [sys.executable, "-m", "components.runtime.forkserver", str(theirs.fileno()), *preload]
         # in this process's group, as a stage started directly would be: a Ctrl-C reaches the stages too
@@ -187,11 +190,14 @@ def leave(status: int) -> NoReturn:
 def main() -> None:
     server = socket.socket(fileno=int(sys.argv[1]))
     die_with_parent()
-    for module in sys.argv[2:]:
+    for entry in sys.argv[2:]:
+        module, _, function = entry.partition(":")
         try:
-            importlib.import_module(module)
-        except Exception as error:  # a child imports it again and fails as `python -m` would, where it can be read
-            print(f"warning: the fork server could not preload {module}: {error!r}", file=sys.stderr)
+            loaded = importlib.import_module(module)
+            if function:
+                getattr(loaded, function)()
+        except Exception as error:  # a child does it again and fails as `python -m` would, where it can be read
+            print(f"warning: the fork server could not preload {entry}: {error!r}", file=sys.stderr)
     if (child := serve(server)) is None:
         return
     try:

