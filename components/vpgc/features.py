@@ -132,7 +132,8 @@ class FeatureCache:
         for _, entry_size, path in entries:
             if size <= self.max_bytes * TRIM_TO:
                 break
-            path.unlink(missing_ok=True)
+            with suppress(OSError):  # removed meanwhile by another process, or not ours to remove
+                path.unlink()
             size -= entry_size
         self._size = size
 
