@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from components.cache_root import cache_root
 from components.errors import UserError
 
 SCHEMA = """
@@ -42,8 +43,7 @@ CHUNK = 500  # keys per SELECT (SQLite's default limit on variables is 32766; st
 
 def default_cache_path() -> Path:
     """`$DEMONLAB_CACHE/eval/responses.sqlite` (default `~/.cache/demonlab/eval/responses.sqlite`)."""
-    root = Path(os.environ.get("DEMONLAB_CACHE", Path.home() / ".cache" / "demonlab"))
-    return root / "eval" / "responses.sqlite"
+    return cache_root() / "eval" / "responses.sqlite"
 
 
 class ResponseCache:
