@@ -28,9 +28,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a bare checkout, without installing the package
 
-from components.experiment import load_experiment, section  # noqa: E402
 from components.vpgc.backbones import hold_backbones  # noqa: E402
-from components.vpgc.config import ModelConfig, model_config_from_dict  # noqa: E402
+from components.vpgc.config import ModelConfig, load_config  # noqa: E402
 from components.vpgc.features import FeatureCache  # noqa: E402
 from components.vpgc.model import VPGCModel  # noqa: E402
 from components.vpgc.precision import resolve_precision  # noqa: E402
@@ -100,7 +99,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    config = model_config_from_dict(section(load_experiment(ROOT / "experiments" / "tiny.yaml"), "model", "tiny"))
+    config = load_config(ROOT / "experiments" / "tiny.yaml")
     dtype = resolve_precision("auto", torch.device("cpu"))
     results: dict[str, object] = {"threads": torch.get_num_threads(), "dtype": str(dtype)}
     # First, as the fork server does: hold the backbones (one thread), then fork. This process must not have run a

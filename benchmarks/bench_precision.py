@@ -77,6 +77,7 @@ def difference_turn(first: str, second: str) -> list[Turn]:
     return [Turn(user=[{"type": kind, ("path" if kind == "image" else "text"): value} for kind, value in parts])]
 
 
+PAIRS = [difference_turn(f"{i}a.png", f"{i}b.png") for i in range(4)]  # over `write_images`' files
 EVAL = GenerationSettings(max_new_tokens=16, ignore_eos=True)
 DECODE = GenerationSettings(max_new_tokens=32, ignore_eos=True)
 
@@ -93,7 +94,6 @@ def training_batch(
 ) -> tuple[VPGCModel, ResponseLoss, list, torch.Tensor]:
     """The model in `dtype` with a trained-looking VPG-C, its loss and one training batch over `write_images`'
     images: 4 difference pairs + 4 captions; pixels (12, 3, 224, 224)."""
-    pairs = [difference_turn(f"{i}a.png", f"{i}b.png") for i in range(4)]
     captions = [[Turn(user=[{"type": "image", "path": f"{i}a.png"}, {"type": "text", "text": "Describe it."}])]
                 for i in range(4)]  # fmt: skip
     targets = ["The circle turned into a grey square."] * 4 + ["A red circle on a white background."] * 4
@@ -103,14 +103,13 @@ def training_batch(
         for parameter in model.vpgc.parameters():
             parameter.normal_(0.0, 0.02)
     loss_fn = ResponseLoss(model.train(True))
-    layouts = model.layouts(pairs + captions, targets)
+    layouts = model.layouts(PAIRS + captions, targets)
     return model, loss_fn, layouts, model.load_pixels([p for item in layouts for p in item.images], root)
 
 
 def measure(config: ModelConfig, dtype: torch.dtype, root: Path, repeats: int, bandwidth: float) -> dict[str, float]:
     """One precision's figures on the same inputs (images in `root`, written by `main`)."""
     model, loss_fn, layouts, pixels = training_batch(config, dtype, root)
-    pairs = [difference_turn(f"{i}a.png", f"{i}b.png") for i in range(4)]
 
     def step() -> None:
         loss_fn(layouts, pixels).backward()
@@ -121,9 +120,9 @@ def measure(config: ModelConfig, dtype: torch.dtype, root: Path, repeats: int, b
         step()
     figures = {"train_step_s": best_seconds(step, repeats), "train_step_gflop": counter.get_total_flops() / 1e9}
     model.train(False)
-    prompts = model.layouts(pairs * 2)
+    prompts = model.layouts(PAIRS * 2)
     eval_pixels = model.load_pixels([p for item in prompts for p in item.images], root)
-    one = model.layouts(pairs[:1])
+    one = model.layouts(PAIRS[:1])
     one_pixels = model.load_pixels(list(one[0].images), root)
 
     @torch.inference_mode()

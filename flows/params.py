@@ -39,10 +39,9 @@ def set_params(overrides: Mapping[str, Any], path: Path = PARAMS) -> None:
 def hold_experiment_backbones() -> None:
     """For a fork server (`flows.params:hold_experiment_backbones`): load the frozen backbones of params.yaml's
     experiment once, so the stages it forks take them instead of loading their own (`backbones.hold_backbones`)."""
-    from components.experiment import load_experiment
     from components.params import experiment_path
     from components.vpgc.backbones import hold_backbones
-    from components.vpgc.config import model_config_from_dict
+    from components.vpgc.config import load_config
 
-    config = model_config_from_dict(load_experiment(experiment_path(load_params()["experiment"]))["model"])
+    config = load_config(experiment_path(load_params()["experiment"]))
     hold_backbones(config.llm, config.vision)

@@ -28,7 +28,7 @@ NEVER_OUTPUTS = {
     "components/errors.py": "the exception types of user mistakes",
     "components/security.py": "credential checks and redaction of what is logged",
     "components/atomic.py": "how a file is written (temp file + rename), not what",
-    "components/cache_root.py": "where copies made once are kept (the LLM's plain copy is named by its source file's content)",
+    "components/cache_root.py": "where copies made once are kept (the LLM's plain copy is named by its file's content)",
     "flows/__init__.py": "the interpreter check of a stage process",
     "flows/entry.py": "exit codes and the flush of Prefect's logs",
     "flows/tracking.py": "the stage's MLflow run and Prefect bookkeeping",

@@ -176,14 +176,13 @@ def test_the_fork_server_preloads_only_what_the_selected_stages_run(tmp_path: Pa
 
 PROBE_BACKBONES = """
 import torch
-from components.experiment import load_experiment
 from components.params import experiment_path
 from components.vpgc import backbones
-from components.vpgc.config import model_config_from_dict
+from components.vpgc.config import load_config
 from components.vpgc.model import VPGCModel
 
 held = {id(module) for module in backbones._HELD.values()}
-config = model_config_from_dict(load_experiment(experiment_path("tiny"))["model"])
+config = load_config(experiment_path("tiny"))
 models = []
 for _ in range(2):  # the first takes the server's backbones, the second loads its own
     torch.manual_seed(0)

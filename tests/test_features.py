@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -120,9 +119,7 @@ for round in range(30):
 def test_two_processes_share_one_folder_while_it_is_trimmed(tmp_path):
     """Each reads what it finds, writes what it misses; the other evicts meanwhile: no error, no wrong tensor."""
     root = str(tmp_path / "features")
-    started = time.monotonic()
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, root], stderr=subprocess.PIPE) for _ in range(2)]
     errors = [writer.communicate(timeout=120)[1].decode() for writer in writers]
     assert [writer.returncode for writer in writers] == [0, 0], errors
-    assert time.monotonic() - started < 120
     assert sum(f.stat().st_size for f in (tmp_path / "features").glob("*/*")) <= 40 * 1100
